@@ -1,0 +1,217 @@
+"""`deepmoney <verb>`: every verb is one function, and `COMMANDS` registers them all in one place.
+
+User mistakes (bad paths, flags, config values, unreachable storage) end with a one-line
+`error: …` on stderr and exit code 2, never a traceback; an interrupted run exits 130 after its
+staging directory is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from deepmoney.config import dump_config, load_config, overrides_from_flags
+from deepmoney.errors import UserError
+from deepmoney.logs import setup_logging
+
+log = logging.getLogger("deepmoney")
+
+app = typer.Typer(
+    name="deepmoney",
+    help="Financial reports and textbooks -> domain LLM -> news-analysis service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+GROUPS = {
+    "config": typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True),
+    "model": typer.Typer(help="Base models: make a tiny one, or point at a real checkpoint.", no_args_is_help=True),
+    "data": typer.Typer(help="Build the training corpora.", no_args_is_help=True),
+}
+# Options that take several values after one flag (`--input a b c`) as well as repeated flags.
+MULTI_VALUE_OPTIONS = {"--input", "--tokenizer-corpus"}
+
+
+@dataclass
+class GlobalOptions:
+    """Options given before the verb."""
+
+    config: Path | None
+    quiet: bool
+
+
+def _global(ctx: typer.Context) -> GlobalOptions:
+    return ctx.find_root().obj or GlobalOptions(None, False)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config file (also DEEPMONEY_CONFIG).")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Financial reports and textbooks -> domain LLM -> news-analysis service."""
+    setup_logging(quiet=quiet, verbose=verbose)
+    ctx.obj = GlobalOptions(config, quiet)
+
+
+def config_show(ctx: typer.Context) -> None:
+    """Print the resolved configuration (defaults < YAML < DEEPMONEY_* environment) as YAML."""
+    typer.echo(dump_config(load_config(_global(ctx).config)), nl=False)
+
+
+def model_init(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Option("--output", "-o", help="Directory to write the model to.")],
+    tokenizer_corpus: Annotated[
+        list[str],
+        typer.Option(
+            "--tokenizer-corpus", help="Files or directories (any supported format) to train the tokenizer on."
+        ),
+    ],
+    preset: Annotated[str | None, typer.Option("--preset", help="tiny (≈5M parameters) or small (≈100M).")] = None,
+    vocab_size: Annotated[int | None, typer.Option("--vocab-size", help="Tokenizer vocabulary size.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the random initialisation.")] = None,
+) -> None:
+    """Make a random-init LLaMA-architecture model and a byte-level BPE tokenizer trained on a corpus."""
+    from deepmoney.model_init import init_model
+
+    options = _global(ctx)
+    config = load_config(
+        options.config,
+        overrides_from_flags(**{"model.preset": preset, "model.vocab_size": vocab_size, "model.seed": seed}),
+    )
+    result = init_model(tokenizer_corpus, output, config)
+    manifest = result.manifest
+    state = "reused" if result.reused else "written"
+    typer.echo(
+        f"model {state}: {output} ({manifest['architecture']}, preset {manifest['preset']}, "
+        f"{manifest['parameters'] / 1e6:.1f}M parameters, vocabulary {manifest['vocab_size']})"
+    )
+
+
+def data_build_pt(
+    ctx: typer.Context,
+    input: Annotated[list[str], typer.Option("--input", "-i", help="Files, directories or s3:// URIs.")],
+    tokenizer: Annotated[str, typer.Option("--tokenizer", help="Model or tokenizer directory (path or s3://).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output directory or s3:// prefix.")],
+    block_size: Annotated[int | None, typer.Option("--block-size", help="Tokens per packed block.")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Stop at the first bad input instead of recording it.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Build the packed pre-training corpus: ingest, clean, dedup, chapters, context header, tokens, blocks."""
+    from deepmoney.data.pt import build_pt
+
+    options = _global(ctx)
+    config = load_config(options.config, overrides_from_flags(**{"data.block_size": block_size}))
+    result = build_pt(input, tokenizer, output, config, strict=strict, quiet=quiet or options.quiet)
+    typer.echo(_pt_summary(result.manifest, result.output, result.reused))
+
+
+def _pt_summary(manifest: dict[str, Any], output: str, reused: bool) -> str:
+    dropped = manifest["dropped"]
+    lines = [
+        f"pt corpus {'reused (up to date)' if reused else 'written'}: {output}",
+        f"  documents     {manifest['documents']} kept of {manifest['documents_read']} read"
+        f" ({dropped['exact_duplicate']} exact and {dropped['near_duplicate']} near duplicates,"
+        f" {dropped['too_short']} too short)",
+        f"  rejected      {manifest['rejected']} inputs (see rejected.jsonl)",
+        f"  chapters      {manifest['chapters']}",
+        f"  tokens        {manifest['tokens']} -> {manifest['blocks']} blocks of {manifest['block_size']}"
+        f" ({manifest['tokens_dropped']} dropped in the final partial block)",
+    ]
+    return "\n".join(lines)
+
+
+def quickstart(
+    ctx: typer.Context,
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
+        ".deepmoney/quickstart"
+    ),
+    corpus: Annotated[
+        Path | None, typer.Option("--corpus", help="Corpus directory; default: the bundled sample.")
+    ] = None,
+    block_size: Annotated[int, typer.Option("--block-size", help="Tokens per packed block.")] = 256,
+) -> None:
+    """Run the main job on the embedded default: tiny model + sample corpus -> pt corpus, with a summary."""
+    from deepmoney.quickstart import run_quickstart
+
+    options = _global(ctx)
+    typer.echo(run_quickstart(workdir, corpus, block_size, options.config, options.quiet))
+
+
+COMMANDS: dict[str, Callable[..., None]] = {
+    "config show": config_show,
+    "model init": model_init,
+    "data build-pt": data_build_pt,
+    "quickstart": quickstart,
+}
+
+
+def _register() -> None:
+    for name, function in COMMANDS.items():
+        group, _, verb = name.rpartition(" ")
+        (GROUPS[group] if group else app).command(verb)(function)
+    for group, sub in GROUPS.items():
+        app.add_typer(sub, name=group)
+
+
+_register()
+
+
+def expand_multi_value_options(argv: list[str]) -> list[str]:
+    """`--input a b --x` -> `--input a --input b --x`, so both spellings of a list option work."""
+    out: list[str] = []
+    current: str | None = None
+    first = False
+    for token in argv:
+        if token in MULTI_VALUE_OPTIONS:
+            current, first = token, True
+            out.append(token)
+        elif token.startswith("-"):
+            current = None
+            out.append(token)
+        elif current and not first:
+            out.extend([current, token])
+        else:
+            first = False
+            out.append(token)
+    return out
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    args = expand_multi_value_options(list(sys.argv[1:] if argv is None else argv))
+    try:
+        app(args=args, prog_name="deepmoney", standalone_mode=False)
+    except UserError as exc:
+        message = str(exc)
+        typer.echo(message if message.startswith("config error") else f"error: {message}", err=True)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        typer.echo("interrupted: partial outputs were removed; run the same command again to redo it", err=True)
+        sys.exit(130)

@@ -1,0 +1,221 @@
+"""Typed configuration: defaults < YAML file < environment (`DEEPMONEY_*`) < command-line flags.
+
+One pydantic model per stage. Every field carries its description, which `deepmoney config show`
+and docs/configuration are made from. An invalid value is reported one line per field, naming the
+field and what it accepts (see `format_validation_error`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
+
+from deepmoney.errors import UserError
+
+CONFIG_ENV = "DEEPMONEY_CONFIG"
+_yaml_path: contextvars.ContextVar[str | None] = contextvars.ContextVar("yaml_path", default=None)
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(Section):
+    """Where `s3://` URIs point. Local paths need no configuration."""
+
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint (MinIO, Ceph, moto); unset = AWS, or AWS_ENDPOINT_URL if set.",
+    )
+    s3_region: str | None = Field(None, description="Region for S3 requests; unset = boto3's default chain.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket addressing; most on-premise stores need 'path'."
+    )
+    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per S3 request (boto3 standard retries).")
+
+
+class ModelConfig(Section):
+    """The base model: a real checkpoint, or a freshly made tiny one for tests and the quickstart."""
+
+    preset: Literal["tiny", "small"] = Field("tiny", description="Tiny model size: tiny ≈ 5M parameters, small ≈ 100M.")
+    base_model: str | None = Field(
+        None, description="Path or s3:// URI of a Hugging Face model directory; nothing is fetched from a hub."
+    )
+    vocab_size: int | None = Field(
+        None, ge=300, le=262144, description="Tokenizer vocabulary for `model init`; unset = the preset's."
+    )
+    seed: int = Field(0, description="Seed of the random initialisation and of tokenizer training order.")
+
+
+class DedupConfig(Section):
+    """Exact and near-duplicate removal (MinHash LSH)."""
+
+    enabled: bool = Field(True, description="Remove exact and near duplicates.")
+    threshold: float = Field(
+        0.85, gt=0.0, le=1.0, description="Estimated Jaccard similarity at or above which a document is dropped."
+    )
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations (memory: 8 bytes each per document).")
+    word_ngram: int = Field(5, ge=1, le=20, description="Shingle size in words for space-separated text.")
+    cjk_ngram: int = Field(5, ge=1, le=20, description="Shingle size in characters for Chinese/Japanese text.")
+
+
+class ChapterConfig(Section):
+    """Chapter splitting."""
+
+    max_chars: int = Field(
+        8000, ge=200, description="Chapters longer than this are cut at paragraph or sentence boundaries."
+    )
+    min_chars: int = Field(80, ge=0, description="A heading section shorter than this is merged into its neighbour.")
+
+
+class SummaryConfig(Section):
+    """The context header written before each document in the pt corpus."""
+
+    enabled: bool = Field(True, description="Prefix each document with its context header.")
+    max_sentences: int = Field(3, ge=1, le=20, description="Sentences in the extractive summary.")
+    max_chars: int = Field(600, ge=50, description="Upper bound on the summary length in characters.")
+    key_figures: int = Field(6, ge=0, le=50, description="Key figures (numbers with units) listed in the header.")
+
+
+class DataConfig(Section):
+    """Ingest, cleaning, dedup, chapters and the packed pt corpus."""
+
+    block_size: int = Field(1024, ge=16, le=1_048_576, description="Tokens per packed pt block.")
+    min_chars: int = Field(100, ge=0, description="Documents shorter than this after cleaning are dropped (reported).")
+    max_document_mb: float = Field(
+        32.0, gt=0, description="Files larger than this are rejected before reading; raise it for huge files."
+    )
+    add_bos: bool = Field(True, description="Start every document with the tokenizer's BOS token.")
+    shard_rows: int = Field(50_000, ge=1, description="Packed blocks per Parquet shard.")
+    tokenize_batch: int = Field(64, ge=1, description="Documents tokenized together (Rust tokenizer, all cores).")
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    chapters: ChapterConfig = Field(default_factory=ChapterConfig)
+    summary: SummaryConfig = Field(default_factory=SummaryConfig)
+
+
+class RoleConfig(Section):
+    """An LLM role (summarizer, questioner, answerer, extractor)."""
+
+    endpoint: str = Field(
+        description="`local:MODEL_DIR` for the in-process model, or an OpenAI-compatible base URL + `#MODEL`."
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_form(cls, value: str) -> str:
+        if not (value.startswith("local:") or (value.startswith(("http://", "https://")) and "#" in value)):
+            raise ValueError("expected `local:MODEL_DIR` or `http(s)://HOST/v1#MODEL_NAME`")
+        return value
+
+
+class DeepmoneyConfig(BaseSettings):
+    """The whole configuration. YAML file from `--config` or DEEPMONEY_CONFIG; env `DEEPMONEY_DATA__BLOCK_SIZE=512`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DEEPMONEY_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    summarizer: RoleConfig | None = Field(
+        None, description="LLM that writes the context summaries; unset = the offline extractive summarizer."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=_yaml_path.get()))
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def overrides_from_flags(**flags: Any) -> dict[str, Any]:
+    """Turn `{"data.block_size": 512, "model.seed": None}` into a nested dict, skipping unset flags."""
+    nested: dict[str, Any] = {}
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DeepmoneyConfig:
+    """Resolve the configuration; raise `UserError` with one line per invalid field."""
+    path = path or os.environ.get(CONFIG_ENV) or None
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path} (pass an existing YAML file to --config)")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"config file {path} is not valid YAML: {first}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"config file {path} must hold a mapping at the top level, not {type(loaded).__name__}")
+    token = _yaml_path.set(str(path) if path else None)
+    try:
+        return DeepmoneyConfig(**(overrides or {}))
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, source=str(path) if path else "environment/flags")) from None
+    finally:
+        _yaml_path.reset(token)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = DeepmoneyConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line per bad field: `config error (SOURCE): data.block_size: <what is allowed> (got X)`."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field; allowed here: {', '.join(_allowed_keys(loc))}"
+        else:
+            msg = err["msg"]
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"config error ({source}): {field}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def dump_config(config: DeepmoneyConfig) -> str:
+    """The resolved configuration as YAML, as `deepmoney config show` prints it."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def stage_fingerprint(section: BaseModel) -> dict[str, Any]:
+    """The JSON form of a config section, used in output digests so a config change re-runs a stage."""
+    return section.model_dump(mode="json")

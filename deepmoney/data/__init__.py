@@ -1,0 +1,1 @@
+"""Ingest, clean, deduplicate, split into chapters, and build the pt corpus."""

@@ -1,0 +1,157 @@
+"""The context header of each pt record: title, publisher, date, subject, key figures and a summary.
+
+The Deepmoney recipe prefixes every report with an LLM-written summary of its context, so that the
+model learns *who* said *what* and *when*. The summarizer is pluggable: the offline default is
+extractive (no model needed); an LLM summarizer plugs in through the `summarizer` role once the LLM
+clients exist (see `make_summarizer`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from deepmoney.config import DeepmoneyConfig, SummaryConfig
+from deepmoney.data.document import Chapter, Document
+from deepmoney.data.text import split_sentences
+from deepmoney.errors import UserError
+
+_STOPWORDS = frozenset(
+    "a an the and or of to in on for by with at from as is are was were be been has have had it its this that these "
+    "those which who whom will would can could may might should than then there their they we our you your not no "
+    "but if so such into over under about after before between during per also more most other some any all each "
+    "both while where when what how said says percent year years quarter".split()
+)
+_WORD = re.compile(r"[A-Za-z][A-Za-z\-]{2,}|[\u4e00-\u9fff]{2}")
+_FIGURE = re.compile(
+    r"(?:[$€£¥]\s?\d[\d,]*(?:\.\d+)?\s?(?:bn|billion|million|mn|trillion|tn|k)?"
+    r"|[-+]?\d[\d,]*(?:\.\d+)?\s?(?:%|percent|per cent|bp|bps|basis points|bn|billion|million|trillion"
+    r"|亿元|万亿元|万亿|亿|万元|元|美元|个基点|倍|x)(?![A-Za-z]))"
+)
+_LABELS = {
+    "en": ("Title", "Publisher", "Date", "Subject", "Key figures", "Summary"),
+    "zh": ("标题", "发布机构", "日期", "主题", "关键数据", "摘要"),
+}
+
+
+@dataclass
+class ContextSummary:
+    """What the header says about a document."""
+
+    title: str | None
+    publisher: str | None
+    date: str | None
+    subject: str | None
+    key_figures: list[str] = field(default_factory=list)
+    summary: str = ""
+
+    def render(self, language: str | None) -> str:
+        """The header as it is written before the document text, labelled in the document's language."""
+        labels = _LABELS["zh" if language == "zh" else "en"]
+        sep = "：" if language == "zh" else ": "
+        values = [
+            self.title,
+            self.publisher,
+            self.date,
+            self.subject,
+            ("；" if language == "zh" else "; ").join(self.key_figures),
+            self.summary,
+        ]
+        return "\n".join(f"{label}{sep}{value}" for label, value in zip(labels, values, strict=True) if value)
+
+
+class Summarizer(Protocol):
+    """Anything that can describe a document's context (extractive, or an LLM role)."""
+
+    name: str
+
+    def summarize(self, doc: Document, chapters: list[Chapter]) -> ContextSummary:
+        """Describe `doc`; `chapters` are its already-split chapters."""
+        ...
+
+
+def _terms(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text) if w.lower() not in _STOPWORDS]
+
+
+def key_figures(text: str, limit: int, language: str | None) -> list[str]:
+    """The first `limit` distinct figures with units, each with a few words of what it measures."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for match in _FIGURE.finditer(text):
+        figure = match.group(0).strip()
+        if figure in seen or re.fullmatch(r"(19|20)\d{2}", figure):
+            continue
+        seen.add(figure)
+        before = text[max(0, match.start() - 60) : match.start()]
+        before = re.split(r"[。；;！？!?\n]|(?<=\.)\s", before)[-1]
+        if language == "zh":
+            context = re.split(r"[，,、：:]", before)[-1][-12:].strip()
+        else:
+            context = " ".join(before.split()[-4:])
+        found.append(f"{context} {figure}".strip() if language != "zh" else f"{context}{figure}")
+        if len(found) >= limit:
+            break
+    return found
+
+
+class ExtractiveSummarizer:
+    """Offline summaries: the most central sentences by term frequency, plus regex key figures."""
+
+    name = "extractive"
+
+    def __init__(self, config: SummaryConfig) -> None:
+        self.config = config
+
+    def summarize(self, doc: Document, chapters: list[Chapter]) -> ContextSummary:
+        """Pick `max_sentences` sentences that carry the document's most frequent terms."""
+        text = doc.text[:200_000]  # the head of a huge document says enough about its context
+        body = "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(("#", "|")))
+        sentences = [s for s in split_sentences(body) if 20 <= len(s) <= 400][:400]
+        freq = Counter(_terms(body))
+        scored = []
+        for index, sentence in enumerate(sentences):
+            terms = _terms(sentence)
+            if not terms:
+                continue
+            score = sum(freq[t] for t in set(terms)) / math.sqrt(len(terms)) / (1 + 0.02 * index)
+            scored.append((score, index, sentence))
+        best = sorted(sorted(scored, reverse=True)[: self.config.max_sentences], key=lambda item: item[1])
+        joiner = "" if doc.language == "zh" else " "
+        summary = joiner.join(s for _, _, s in best)
+        if len(summary) > self.config.max_chars:
+            summary = summary[: self.config.max_chars].rsplit(" ", 1)[0] + "…"
+        subject = doc.subject
+        if not subject:
+            top = [t for t, _ in freq.most_common(5)]
+            subject = ", ".join(top) if doc.language != "zh" else "、".join(top)
+        return ContextSummary(
+            title=doc.title,
+            publisher=doc.publisher,
+            date=doc.date,
+            subject=subject or None,
+            key_figures=key_figures(text, self.config.key_figures, doc.language),
+            summary=summary,
+        )
+
+
+def make_summarizer(config: DeepmoneyConfig) -> Summarizer:
+    """The configured summarizer: extractive unless the `summarizer` LLM role is set."""
+    if config.summarizer is None:
+        return ExtractiveSummarizer(config.data.summary)
+    # The seam for the LLM summarizer: the role clients (OpenAI-compatible and in-process) arrive
+    # with the sft-synthesis work; until then a configured role must not be silently ignored.
+    raise UserError(
+        f"summarizer role {config.summarizer.endpoint!r} needs the LLM role clients, which this version "
+        "does not have yet; remove `summarizer` from the config to use the extractive summarizer"
+    )
+
+
+def pt_text(doc: Document, summary: ContextSummary | None) -> str:
+    """The text of one pt record: the context header, a blank line, then the document."""
+    if summary is None:
+        return doc.text
+    return f"{summary.render(doc.language)}\n\n{doc.text}"

@@ -1,0 +1,354 @@
+"""Local paths and `s3://bucket/prefix` URIs behind one small interface.
+
+Writes are atomic: a local file is written under a temporary name in the same directory and
+renamed into place; an S3 object only becomes visible when its (multipart) upload completes.
+S3 errors are turned into one-line `StorageError`s that say what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from deepmoney.config import StorageConfig
+from deepmoney.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+class StorageError(UserError):
+    """A storage location is missing, unreachable or forbidden."""
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file found under an input URI; `version` changes whenever the content may have changed."""
+
+    uri: str
+    size: int
+    version: str
+
+
+def is_s3(uri: str | Path) -> bool:
+    """Whether `uri` names an S3 object or prefix."""
+    return str(uri).startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> (`bucket`, `a/b`)."""
+    rest = uri[len("s3://") :]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"invalid S3 URI {uri!r}: expected s3://BUCKET/PREFIX")
+    return bucket, key
+
+
+def join(base: str | Path, *parts: str) -> str:
+    """Join path parts onto a local path or S3 URI."""
+    base = str(base)
+    if is_s3(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return str(Path(base, *parts))
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a local file, read in chunks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a local file so that readers see either the old content or the whole new content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Storage:
+    """Reads and writes local paths and S3 URIs. One instance per process is enough."""
+
+    def __init__(self, config: StorageConfig | None = None) -> None:
+        self.config = config or StorageConfig()
+        self._client: Any = None
+
+    # -- S3 plumbing -------------------------------------------------------------------------
+    @property
+    def s3(self) -> Any:
+        """The boto3 S3 client, made on first use (boto3 is slow to import)."""
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            cfg = Config(
+                retries={"max_attempts": self.config.max_attempts, "mode": "standard"},
+                s3={"addressing_style": self.config.s3_addressing_style},
+            )
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.config.s3_endpoint_url or None,
+                region_name=self.config.s3_region or None,
+                config=cfg,
+            )
+        return self._client
+
+    @contextmanager
+    def _s3_errors(self, uri: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        bucket = split_s3(uri)[0]
+        try:
+            yield
+        except NoCredentialsError:
+            raise StorageError(
+                f"no S3 credentials for {uri}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            ) from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "NoSuchBucket":
+                raise StorageError(f"S3 bucket '{bucket}' does not exist ({uri}); create it or fix the URI") from None
+            if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"} or status == 403:
+                raise StorageError(
+                    f"access denied to {uri} ({code or status}); check the S3 credentials and the bucket policy"
+                ) from None
+            if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
+                raise StorageError(f"no such S3 object: {uri}") from None
+            raise StorageError(f"S3 request for {uri} failed: {code or status}: {exc}") from None
+        except BotoCoreError as exc:
+            endpoint = self.config.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+            raise StorageError(
+                f"cannot reach S3 ({endpoint}) for {uri}: {exc}; check storage.s3_endpoint_url"
+            ) from None
+
+    # -- reading -----------------------------------------------------------------------------
+    def list_files(self, uri: str | Path) -> list[FileRef]:
+        """Every file at or under `uri`, sorted by URI. Raises StorageError if nothing is there."""
+        uri = str(uri)
+        if is_s3(uri):
+            return self._list_s3(uri)
+        path = Path(uri)
+        if path.is_file():
+            st = path.stat()
+            return [FileRef(str(path), st.st_size, f"{st.st_size}:{st.st_mtime_ns}")]
+        if path.is_dir():
+            refs = []
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(files):
+                    if name.startswith("."):
+                        continue
+                    full = Path(root, name)
+                    st = full.stat()
+                    refs.append(FileRef(str(full), st.st_size, f"{st.st_size}:{st.st_mtime_ns}"))
+            return sorted(refs, key=lambda r: r.uri)
+        raise StorageError(f"no such file or directory: {uri}")
+
+    def _list_s3(self, uri: str) -> list[FileRef]:
+        bucket, key = split_s3(uri)
+        refs: list[FileRef] = []
+        with self._s3_errors(uri):
+            if key and not key.endswith("/"):
+                try:
+                    head = self.s3.head_object(Bucket=bucket, Key=key)
+                    return [FileRef(uri, head["ContentLength"], head["ETag"].strip('"'))]
+                except Exception as exc:  # not an object: maybe a prefix
+                    if "404" not in str(exc) and "Not Found" not in str(exc):
+                        raise
+                key += "/"
+            paginator = self.s3.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=key):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"].rsplit("/", 1)[-1]
+                    if obj["Key"].endswith("/") or name.startswith("."):
+                        continue
+                    refs.append(FileRef(f"s3://{bucket}/{obj['Key']}", obj["Size"], obj["ETag"].strip('"')))
+        if not refs:
+            raise StorageError(f"no objects under {uri}")
+        return sorted(refs, key=lambda r: r.uri)
+
+    def exists(self, uri: str | Path) -> bool:
+        """Whether a file or object exists at `uri`."""
+        uri = str(uri)
+        if not is_s3(uri):
+            return Path(uri).exists()
+        bucket, key = split_s3(uri)
+        with self._s3_errors(uri):
+            try:
+                self.s3.head_object(Bucket=bucket, Key=key)
+                return True
+            except Exception as exc:
+                if "404" in str(exc) or "Not Found" in str(exc):
+                    return False
+                raise
+
+    def read_bytes(self, uri: str | Path) -> bytes:
+        """The whole content of one file or object."""
+        uri = str(uri)
+        if not is_s3(uri):
+            try:
+                return Path(uri).read_bytes()
+            except FileNotFoundError:
+                raise StorageError(f"no such file: {uri}") from None
+            except IsADirectoryError:
+                raise StorageError(f"expected a file, found a directory: {uri}") from None
+        bucket, key = split_s3(uri)
+        with self._s3_errors(uri):
+            return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    @contextmanager
+    def open_read(self, uri: str | Path) -> Iterator[IO[bytes]]:
+        """A binary stream over one file or object, for reading without loading it whole."""
+        uri = str(uri)
+        if not is_s3(uri):
+            try:
+                handle = open(uri, "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                raise StorageError(f"no such file: {uri}") from None
+            with handle:
+                yield handle
+            return
+        bucket, key = split_s3(uri)
+        with self._s3_errors(uri):
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+        try:
+            yield body
+        finally:
+            body.close()
+
+    def download_tree(self, uri: str, local_dir: str | Path) -> Path:
+        """Copy every object under an S3 prefix (or a local directory) into `local_dir`."""
+        local_dir = Path(local_dir)
+        base = uri.rstrip("/") + "/"
+        for ref in self.list_files(uri):
+            rel = ref.uri[len(base) :] if ref.uri.startswith(base) else ref.uri.rsplit("/", 1)[-1]
+            target = local_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if is_s3(ref.uri):
+                bucket, key = split_s3(ref.uri)
+                with self._s3_errors(ref.uri):
+                    self.s3.download_file(bucket, key, str(target))
+            else:
+                shutil.copy2(ref.uri, target)
+        return local_dir
+
+    # -- writing -----------------------------------------------------------------------------
+    def check_writable(self, uri: str | Path) -> None:
+        """Fail early, before any work, when an output location cannot be written."""
+        uri = str(uri)
+        if is_s3(uri):
+            bucket, _ = split_s3(uri)
+            with self._s3_errors(uri):
+                self.s3.head_bucket(Bucket=bucket)
+            return
+        path = Path(uri)
+        if path.exists() and not path.is_dir():
+            raise StorageError(f"output {uri} exists and is not a directory; choose another --output")
+        parent = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+        if not os.access(parent, os.W_OK):
+            raise StorageError(f"cannot write to {uri}: {parent} is not writable")
+
+    def write_bytes(self, uri: str | Path, data: bytes) -> None:
+        """Atomically write one file or object."""
+        uri = str(uri)
+        if not is_s3(uri):
+            atomic_write_bytes(uri, data)
+            return
+        bucket, key = split_s3(uri)
+        with self._s3_errors(uri):
+            self.s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+    def delete(self, uri: str | Path) -> None:
+        """Remove one file or object if present."""
+        uri = str(uri)
+        if not is_s3(uri):
+            Path(uri).unlink(missing_ok=True)
+            return
+        bucket, key = split_s3(uri)
+        with self._s3_errors(uri):
+            self.s3.delete_object(Bucket=bucket, Key=key)
+
+    def publish_tree(self, staging: Path, uri: str | Path, last: str = "manifest.json") -> None:
+        """Move a finished local staging directory to `uri`, writing the file named `last` at the end.
+
+        The existing `last` file (the completion marker) is removed first, so a reader never sees a
+        marker beside a mix of old and new files, even if this is interrupted half-way.
+        """
+        uri = str(uri)
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        ordered = [p for p in files if p.name != last or p.parent != staging]
+        ordered += [p for p in files if p.name == last and p.parent == staging]
+        self.delete(join(uri, last))
+        if is_s3(uri):
+            bucket, prefix = split_s3(uri)
+            for path in ordered:
+                key = "/".join(filter(None, [prefix.rstrip("/"), path.relative_to(staging).as_posix()]))
+                with self._s3_errors(f"s3://{bucket}/{key}"):
+                    self.s3.upload_file(str(path), bucket, key)
+            return
+        target = Path(uri)
+        target.mkdir(parents=True, exist_ok=True)
+        for path in ordered:
+            dest = target / path.relative_to(staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, dest)
+
+    @contextmanager
+    def staging_dir(self, output: str | Path) -> Iterator[Path]:
+        """A private local directory to build an output in; removed afterwards whatever happens.
+
+        For local outputs it sits beside the output (same filesystem, so the final renames are
+        atomic); its name starts with a dot so listings and readers skip it.
+        """
+        output = str(output)
+        if is_s3(output):
+            parent = None
+        else:
+            parent = Path(output).resolve().parent
+            parent.mkdir(parents=True, exist_ok=True)
+            # A run killed with SIGKILL cannot clean up after itself: its leftovers go now.
+            for stale in parent.glob(f".{Path(output).name}.staging-*"):
+                pid = stale.name.rsplit("-", 1)[-1]
+                if not pid.isdigit() or not _pid_alive(int(pid)):
+                    shutil.rmtree(stale, ignore_errors=True)
+        name = f".{Path(output).name if parent else 'deepmoney'}.staging-"
+        path = Path(tempfile.mkdtemp(prefix=name, dir=parent))
+        final = path.with_name(f"{path.name}-{os.getpid()}")
+        path.rename(final)
+        try:
+            yield final
+        finally:
+            shutil.rmtree(final, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()

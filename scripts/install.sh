@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install deepmoney into a virtual environment (.venv, or $DEEPMONEY_VENV).
+#   scripts/install.sh         the package and its runtime dependencies
+#   scripts/install.sh dev     ... plus the test tools (pytest, moto, ruff, reportlab)
+# On a machine without an NVIDIA GPU it installs the CPU build of torch first, so that pip does not
+# pull a multi-GB CUDA build; on a GPU machine it keeps (or installs) the CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${DEEPMONEY_VENV:-.venv}"
+extras="${1:-}"
+python="${PYTHON:-python3}"
+
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "install: NVIDIA GPU found; installing the default (CUDA) torch" >&2
+    "${pip[@]}" "torch>=2.4"
+  else
+    echo "install: no GPU; installing the CPU build torch==2.13.0" >&2
+    "${pip[@]}" "torch==2.13.0"
+  fi
+fi
+
+target="."
+[ -n "$extras" ] && target=".[$extras]"
+"${pip[@]}" -e "$target"
+echo "install: done ($venv)" >&2
