@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from deepmoney.config import dump_config, load_config, overrides_from_flags
@@ -193,25 +192,26 @@ def expand_multi_value_options(argv: list[str]) -> list[str]:
     return out
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM. A BaseException so that no `except Exception` (ours or click's) swallows it."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     args = expand_multi_value_options(list(sys.argv[1:] if argv is None else argv))
     try:
-        app(args=args, prog_name="deepmoney", standalone_mode=False)
+        # Standalone mode: click prints usage errors itself (exit 2) and exits through SystemExit.
+        app(args=args, prog_name="deepmoney")
     except UserError as exc:
         message = str(exc)
         typer.echo(message if message.startswith("config error") else f"error: {message}", err=True)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        typer.echo("interrupted: partial outputs were removed; run the same command again to redo it", err=True)
+    except Interrupted as exc:
+        typer.echo(f"interrupted ({exc}): partial outputs were removed; run the same command again", err=True)
         sys.exit(130)

@@ -116,7 +116,7 @@ class Storage:
         return self._client
 
     @contextmanager
-    def _s3_errors(self, uri: str) -> Iterator[None]:
+    def _s3_errors(self, uri: str, bucket_request: bool = False) -> Iterator[None]:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         bucket = split_s3(uri)[0]
@@ -129,7 +129,7 @@ class Storage:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code == "NoSuchBucket":
+            if code == "NoSuchBucket" or (bucket_request and (code in {"404", "NotFound"} or status == 404)):
                 raise StorageError(f"S3 bucket '{bucket}' does not exist ({uri}); create it or fix the URI") from None
             if code in {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"} or status == 403:
                 raise StorageError(
@@ -261,7 +261,7 @@ class Storage:
         uri = str(uri)
         if is_s3(uri):
             bucket, _ = split_s3(uri)
-            with self._s3_errors(uri):
+            with self._s3_errors(uri, bucket_request=True):
                 self.s3.head_bucket(Bucket=bucket)
             return
         path = Path(uri)

@@ -9,7 +9,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u200c\u200d\u2060\
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _TRAILING = re.compile(r"[ \t]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_SPACE_BEFORE_PUNCT = re.compile(r"(?<=\w) +(?=[,.;:!?%)](?:\s|$))")
+_SPACE_BEFORE_PUNCT = re.compile(r"(?<=[\w%)]) +(?=[,.;:!?%)](?:\s|$))")
 
 # FOMC minutes (and many central-bank PDFs rendered to text) end with footnotes such as
 # "3. Attended Tuesday's session only. Return to text"; the links' labels survive as debris.
@@ -26,7 +26,8 @@ _PAGE_NUMBER = re.compile(
 _FULLWIDTH_ALNUM = {c: c - 0xFEE0 for c in [*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B)]}
 _CJK_CHAR = r"[\u3400-\u4dbf\u4e00-\u9fff]"
 _ASCII_TO_CJK_PUNCT = {",": "，", ";": "；", ":": "：", "?": "？", "!": "！", "(": "（", ")": "）"}
-_ASCII_PUNCT_IN_CJK = re.compile(rf"(?<={_CJK_CHAR})\s*([,;:?!])\s*(?={_CJK_CHAR})")
+# Between a Chinese character and a Chinese character or digit: "增长:5%" -> "增长：5%".
+_ASCII_PUNCT_IN_CJK = re.compile(rf"(?<={_CJK_CHAR})\s*([,;:?!])\s*(?={_CJK_CHAR}|\d)")
 _VARIANT_PUNCT = str.maketrans(
     {"﹐": "，", "﹑": "、", "﹔": "；", "﹕": "：", "﹖": "？", "﹗": "！", "｡": "。", "､": "、"}
 )

@@ -1,0 +1,164 @@
+"""Shared fixtures: a tiny model made once per session, a real S3 endpoint (moto server), the CLI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_CORPUS = ROOT / "examples" / "corpus"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Tests never reach a model hub, and the Rust tokenizer should not warn about forking.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class CliResult:
+    """Outcome of one `deepmoney` process."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
+    """Run the real `deepmoney` command in a subprocess, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepmoney", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_clean_error(result: CliResult, *needles: str) -> None:
+    """A user error: non-zero exit, no traceback, and a message that names what was wrong."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="session")
+def tokenizer_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small bilingual corpus to train tokenizers on (the sample corpus, plus Chinese text)."""
+    directory = tmp_path_factory.mktemp("tokcorpus")
+    (directory / "zh.md").write_text(
+        "# 宏观点评\n\n"
+        + "央行下调存款准备金率0.5个百分点，释放长期资金约1万亿元。银行净息差承压，券商板块受益。\n" * 20,
+        encoding="utf-8",
+    )
+    (directory / "en.md").write_text(
+        "# Macro note\n\n" + "The central bank cut rates by 25 basis points; copper rose 3.2% and banks fell.\n" * 20,
+        encoding="utf-8",
+    )
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_corpus: Path) -> Path:
+    """A tiny random-init model + tokenizer made through the real `model init` code path."""
+    from deepmoney.config import load_config
+    from deepmoney.model_init import init_model
+
+    output = tmp_path_factory.mktemp("models") / "tiny"
+    corpus = [str(tokenizer_corpus)] + ([str(SAMPLE_CORPUS)] if SAMPLE_CORPUS.is_dir() else [])
+    init_model(corpus, str(output), load_config())
+    return output
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class S3Endpoint:
+    """A running S3-compatible server on loopback."""
+
+    url: str
+    env: dict[str, str]
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1")
+
+
+def _start_moto(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(extra_env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[S3Endpoint]:
+    """moto in server mode: real HTTP on loopback, talked to with real boto3."""
+    proc, url = _start_moto()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "DEEPMONEY_STORAGE__S3_ENDPOINT_URL": url,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield S3Endpoint(url, env)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint_with_auth() -> Iterator[S3Endpoint]:
+    """A moto server that enforces IAM authentication, to see access being denied."""
+    proc, url = _start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
+    try:
+        yield S3Endpoint(url, {"DEEPMONEY_STORAGE__S3_ENDPOINT_URL": url})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real public documents beside the project; the test is skipped when they are absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA

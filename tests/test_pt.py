@@ -1,0 +1,400 @@
+"""`deepmoney data build-pt` end to end, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoTokenizer
+
+from tests.conftest import ROOT, SAMPLE_CORPUS, assert_clean_error, run_cli
+from tests.test_readers import make_pdf
+
+UNIQUE = {
+    "chips.md": "Northwind wafer starts climbed 14% quarter on quarter.",
+    "bank_gbk.txt": "青禾银行净息差收窄12个基点至1.58%。",
+    "oil.html": "Brent averaged 82 dollars in the quarter.",
+    "copper.pdf": "Mine supply grew 2.1 percent in the first half.",
+}
+
+
+def _filler(seed: int, words: int = 260) -> str:
+    import random
+
+    rng = random.Random(seed)
+    vocab = "demand supply margin credit yield spread inventory capacity exports tariff policy growth".split()
+    return " ".join(rng.choice(vocab) + str(rng.randint(0, 99)) for _ in range(words)) + "."
+
+
+def make_corpus(directory: Path) -> Path:
+    """A small mixed corpus with every format, a duplicate and some bad files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chips = (
+        "---\ntitle: Chips Quarterly\npublisher: Harborline Research\ndate: 2026-03-14\nsubject: semiconductors\n---\n"
+        f"# Chips Quarterly\n\n## Demand\n{UNIQUE['chips.md']} {_filler(1)}\n\n## Supply\n{_filler(2)}\n"
+    )
+    (directory / "chips.md").write_text(chips, encoding="utf-8")
+    (directory / "chips_reissued.md").write_text(chips.replace("14%", "15%"), encoding="utf-8")
+    zh = "标题：银行业点评\n发布机构：青禾资本研究所\n日期：2026年1月5日\n\n一、息差\n" + UNIQUE["bank_gbk.txt"]
+    zh += (
+        "存款成本下降，贷款定价承压。" * 20 + "\n二、资产质量\n" + "不良率稳定在1.6%左右，拨备覆盖率充足。" * 20 + "\n"
+    )
+    (directory / "bank_gbk.txt").write_bytes(zh.encode("gb18030"))
+    (directory / "oil.html").write_text(
+        "<html><head><title>Oil Monthly</title><meta name='publisher' content='Lakeside'></head><body>"
+        f"<nav>Home</nav><h1>Oil Monthly</h1><h2>Prices</h2><p>{UNIQUE['oil.html']} {_filler(3)}</p>"
+        f"<h2>Outlook</h2><p>{_filler(4)}</p></body></html>",
+        encoding="utf-8",
+    )
+    make_pdf(
+        directory / "copper.pdf",
+        [
+            [
+                "Publisher: Harborline Research",
+                "Date: 2026-04-02",
+                "1. Supply",
+                UNIQUE["copper.pdf"],
+                *_filler(5, 120).split(". "),
+            ]
+        ],
+    )
+    records = [
+        {"id": f"n{i}", "title": f"News {i}", "date": "2026-05-0" + str(i + 1), "text": _filler(10 + i)}
+        for i in range(3)
+    ]
+    (directory / "news.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{broken\n")
+    (directory / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    (directory / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200))
+    (directory / "sheet.xlsx").write_bytes(b"PK\x03\x04")
+    (directory / "empty.md").write_bytes(b"")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("pt")
+    corpus = make_corpus(base / "corpus")
+    output = base / "out"
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "64",
+        "--output",
+        str(output),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pt corpus written" in result.stdout
+    return corpus, output
+
+
+def test_manifest_counts(built: tuple[Path, Path]) -> None:
+    _, output = built
+    manifest = json.loads((output / "manifest.json").read_text())
+    for key in ("documents", "tokens", "blocks", "tokens_dropped", "rejected"):
+        assert isinstance(manifest[key], int), key
+    assert manifest["documents"] == 7  # chips, gbk, oil, pdf, 3 news; the reissue is a duplicate
+    assert manifest["dropped"]["near_duplicate"] == 1
+    assert manifest["rejected"] == 5  # broken pdf, png-as-txt, xlsx, empty, bad JSONL line
+    assert manifest["tokens"] == manifest["blocks"] * 64 + manifest["tokens_dropped"]
+    assert 0 <= manifest["tokens_dropped"] < 64
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["inputs"])
+    listed = {f["path"] for f in manifest["files"]}
+    assert {"documents.jsonl", "rejected.jsonl", "dropped.jsonl"} <= listed
+
+
+def test_rejected_report(built: tuple[Path, Path]) -> None:
+    _, output = built
+    lines = [json.loads(line) for line in (output / "rejected.jsonl").read_text().splitlines()]
+    reasons = {Path(r["path"].split("#")[0]).name: r["reason"] for r in lines}
+    assert set(reasons) == {"broken.pdf", "image.txt", "sheet.xlsx", "empty.md", "news.jsonl"}
+    assert "binary content" in reasons["image.txt"] and "empty file" in reasons["empty.md"]
+    dropped = [json.loads(line) for line in (output / "dropped.jsonl").read_text().splitlines()]
+    assert len(dropped) == 1 and "near duplicate" in dropped[0]["reason"]
+
+
+def test_blocks_decode_back_to_the_sources(built: tuple[Path, Path], tiny_model: Path) -> None:
+    _, output = built
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    table = pq.read_table(sorted((output / "data").glob("*.parquet")))
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert table.num_rows == manifest["blocks"]
+    rows = table.to_pylist()
+    assert all(len(r["input_ids"]) == 64 for r in rows)
+    stream = [t for r in rows for t in r["input_ids"]]
+    documents = [json.loads(line) for line in (output / "documents.jsonl").read_text().splitlines()]
+    assert sum(d["tokens"] for d in documents) == manifest["tokens"]  # no token lost on the way
+    # Cut the stream at the recorded boundaries and check each document against its source.
+    starts = [sum(d["tokens"] for d in documents[:i]) for i in range(len(documents))]
+    for doc, start in zip(documents, starts, strict=True):
+        ids = stream[start : start + doc["tokens"]]
+        if start + doc["tokens"] > len(stream):
+            continue  # the tail of the last document sits in the dropped partial block
+        assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        name = Path(doc["source"].split("#")[0]).name
+        if name in UNIQUE:
+            assert UNIQUE[name] in text, name
+        assert text.startswith(("Title: ", "标题：")) and doc["title"] in text.split("\n", 1)[0]
+    # Segment metadata agrees with the documents index.
+    for row in rows:
+        for start, doc_index, offset in zip(
+            row["segment_starts"], row["segment_docs"], row["segment_offsets"], strict=True
+        ):
+            if offset == 0:
+                assert row["input_ids"][start] == tokenizer.bos_token_id
+            assert offset < documents[doc_index]["tokens"]
+
+
+def test_loadable_with_datasets(built: tuple[Path, Path], tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    _, output = built
+    dataset = load_dataset("parquet", data_dir=str(output / "data"), split="train", cache_dir=str(tmp_path))
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert len(dataset) == manifest["blocks"]
+    assert dataset.features["input_ids"].feature.dtype == "int32"
+
+
+def test_rerun_reuses_and_config_change_rebuilds(built: tuple[Path, Path], tiny_model: Path, tmp_path: Path) -> None:
+    corpus, output = built
+    before = json.loads((output / "manifest.json").read_text())
+    again = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "64",
+        "--output",
+        str(output),
+        "--quiet",
+    )
+    assert again.returncode == 0 and "reused" in again.stdout
+    assert json.loads((output / "manifest.json").read_text())["created_at"] == before["created_at"]
+    copy = tmp_path / "copy"
+    run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "16",
+        "--output",
+        str(copy),
+        "--quiet",
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text("data:\n  shard_rows: 50\n")
+    rebuilt = run_cli(
+        "--config",
+        str(config),
+        "data",
+        "build-pt",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "32",
+        "--output",
+        str(copy),
+        "--quiet",
+    )
+    assert rebuilt.returncode == 0 and "written" in rebuilt.stdout
+    manifest = json.loads((copy / "manifest.json").read_text())
+    shards = sorted(p.name for p in (copy / "data").iterdir())
+    assert len(shards) == -(-manifest["blocks"] // 50)  # the old, more numerous shards are gone
+    assert shards[0].endswith(f"-of-{len(shards):05d}.parquet")
+
+
+def test_strict_stops_at_the_first_bad_input(built: tuple[Path, Path], tiny_model: Path, tmp_path: Path) -> None:
+    corpus, _ = built
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tiny_model),
+        "--output",
+        str(tmp_path / "strict"),
+        "--strict",
+        "--quiet",
+    )
+    assert_clean_error(result, "broken.pdf", "--strict")
+    assert not (tmp_path / "strict").exists()
+    assert not list(tmp_path.glob(".strict.staging-*"))
+
+
+def test_missing_and_oversized_inputs_are_recorded(tiny_model: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.md"
+    good.write_text("# Good\n\n" + _filler(7), encoding="utf-8")
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as handle:  # a 50 MB file on a single line
+        handle.write(b"rates " * (50_000_000 // 6))
+    out = tmp_path / "out"
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(good),
+        str(huge),
+        str(tmp_path / "missing.md"),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "32",
+        "--output",
+        str(out),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    rejected = {Path(r["path"]).name: r["reason"] for r in map(json.loads, (out / "rejected.jsonl").open())}
+    assert "no such file or directory" in rejected["missing.md"]
+    assert "50.0 MB" in rejected["huge.txt"] and "max_document_mb" in rejected["huge.txt"]
+    assert json.loads((out / "manifest.json").read_text())["documents"] == 1
+
+
+def test_a_large_single_line_document_is_tokenized_in_pieces(tiny_model: Path, tmp_path: Path) -> None:
+    line = tmp_path / "one_line.txt"
+    line.write_text(" ".join(_filler(i, 50) for i in range(600)), encoding="utf-8")  # ≈ 1.3 MB, no newline
+    out = tmp_path / "out"
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(line),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "512",
+        "--output",
+        str(out),
+        "--quiet",
+        env={"DEEPMONEY_DATA__SUMMARY__ENABLED": "false"},
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    expected = len(tokenizer.encode(line.read_text(), add_special_tokens=False)) + 2  # BOS + EOS
+    assert abs(manifest["tokens"] - expected) <= expected * 0.001  # piece cuts fall on spaces
+
+
+def test_no_usable_documents_is_an_error_with_a_report(tiny_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.bin").write_bytes(b"\x00\x01")
+    (bad / "tiny.md").write_text("too short")
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(bad),
+        "--tokenizer",
+        str(tiny_model),
+        "--output",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
+    assert_clean_error(result, "no usable documents", "1 rejected", "1 dropped")
+    assert (tmp_path / "out" / "rejected.jsonl").exists()
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_llm_summarizer_role_is_not_silently_ignored(
+    built: tuple[Path, Path], tiny_model: Path, tmp_path: Path
+) -> None:
+    corpus, _ = built
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tiny_model),
+        "--output",
+        str(tmp_path / "out"),
+        env={"DEEPMONEY_SUMMARIZER__ENDPOINT": "http://127.0.0.1:1/v1#m"},
+    )
+    assert_clean_error(result, "summarizer role")
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_leaves_no_half_written_output(tiny_model: Path, tmp_path: Path, how: signal.Signals) -> None:
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for i in range(1500):
+        (corpus / f"doc{i:04d}.md").write_text(f"# Note {i}\n\n{_filler(1000 + i, 400)}\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "deepmoney",
+        "data",
+        "build-pt",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "64",
+        "--output",
+        str(out),
+        "--quiet",
+    ]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.staging-*/data/*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(how)
+    _, stderr = proc.communicate(timeout=60)
+    assert not out.exists(), "a partial output was published"
+    if how == signal.SIGTERM:
+        assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+        assert not list(tmp_path.glob(".out.staging-*"))
+    # Running the same command again completes, and clears what a SIGKILL left behind.
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((out / "manifest.json").read_text())["documents"] == 1500
+    assert not list(tmp_path.glob(".out.staging-*"))
+
+
+@pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), reason="sample corpus not present")
+def test_sample_corpus_builds_cleanly(tiny_model: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        str(SAMPLE_CORPUS),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "128",
+        "--output",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["rejected"] == 0, (tmp_path / "out" / "rejected.jsonl").read_text()
+    assert manifest["documents"] >= 20 and manifest["dedup_removed"] >= 1
+    languages = {json.loads(line)["language"] for line in (tmp_path / "out" / "documents.jsonl").open()}
+    assert languages == {"en", "zh"}
