@@ -95,7 +95,10 @@ class DataConfig(Section):
     )
     add_bos: bool = Field(True, description="Start every document with the tokenizer's BOS token.")
     shard_rows: int = Field(50_000, ge=1, description="Packed blocks per Parquet shard.")
-    tokenize_batch: int = Field(64, ge=1, description="Documents tokenized together (Rust tokenizer, all cores).")
+    workers: int = Field(
+        0, ge=0, description="Processes that read, clean, summarize and tokenize documents; 0 = one per CPU core."
+    )
+    records_per_task: int = Field(256, ge=1, description="JSONL records handed to a worker at a time.")
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     chapters: ChapterConfig = Field(default_factory=ChapterConfig)
     summary: SummaryConfig = Field(default_factory=SummaryConfig)

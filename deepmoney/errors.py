@@ -15,3 +15,6 @@ class InputRejected(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # crosses process boundaries intact
+        return (InputRejected, (self.path, self.reason))

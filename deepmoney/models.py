@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deepmoney import __version__
-from deepmoney.storage import Storage, is_s3, sha256_file
+from deepmoney.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @dataclass(frozen=True)
@@ -146,46 +145,3 @@ def init_tiny_model(texts: Iterable[str], output: Path, preset_name: str, vocab_
         "files": [{"path": p.relative_to(output).as_posix(), "sha256": sha256_file(p)} for p in files],
     }
     return manifest
-
-
-def tokenizer_digest(directory: Path) -> str:
-    """A digest of the files that determine tokenization (vocabulary, merges, special tokens)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        path = directory / name
-        if path.exists():
-            h.update(name.encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def load_tokenizer(uri: str, storage: Storage, scratch: Path) -> tuple[Any, Path]:
-    """Load a Hugging Face tokenizer from a local directory or an S3 prefix (downloaded to `scratch`)."""
-    from transformers import AutoTokenizer
-
-    from deepmoney.errors import UserError
-
-    local = Path(uri)
-    if is_s3(uri):
-        local = scratch / "tokenizer"
-        for name in TOKENIZER_FILES:
-            source = f"{uri.rstrip('/')}/{name}"
-            if storage.exists(source):
-                local.mkdir(parents=True, exist_ok=True)
-                (local / name).write_bytes(storage.read_bytes(source))
-    if not (local / "tokenizer.json").is_file() and not (local / "tokenizer_config.json").is_file():
-        raise UserError(
-            f"no Hugging Face tokenizer in {uri} (expected tokenizer.json); "
-            "pass a model directory, e.g. one made by `deepmoney model init`"
-        )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(local), local_files_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot load the tokenizer in {uri}: {exc}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError(f"the tokenizer in {uri} is not a fast (Rust) tokenizer; convert it with transformers")
-    if tokenizer.eos_token_id is None:
-        raise UserError(f"the tokenizer in {uri} has no EOS token; documents could not be separated")
-    return tokenizer, local

@@ -95,6 +95,10 @@ class Storage:
         self.config = config or StorageConfig()
         self._client: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A boto3 client cannot cross a process boundary; each process makes its own.
+        return {"config": self.config, "_client": None}
+
     # -- S3 plumbing -------------------------------------------------------------------------
     @property
     def s3(self) -> Any:

@@ -34,35 +34,50 @@ SUBJECT = "Commodities - copper"
 # Each block is (kind, text). Kinds: "h" numbered heading, "p" paragraph, "t" table line, "gap", "page".
 BLOCKS: list[tuple[str, str]] = [
     ("h", "1. Summary"),
-    ("p", "We expect the refined copper market to move into a deficit of 260 thousand tonnes (kt) in 2026, "
-          "after a smaller deficit of 170kt in 2025, and we raise our 2026 average price forecast from "
-          "USD 9,600 to USD 10,150 per tonne. The benchmark three-month price is currently about USD 9,800 "
-          "per tonne. Mine supply is again growing more slowly than smelter capacity, while demand from "
-          "power grids, electric vehicles and data centres keeps consumption growing at 2.6% a year. "
-          "Visible exchange inventories of about 480kt cover only 6.4 days of global consumption."),
+    (
+        "p",
+        "We expect the refined copper market to move into a deficit of 260 thousand tonnes (kt) in 2026, "
+        "after a smaller deficit of 170kt in 2025, and we raise our 2026 average price forecast from "
+        "USD 9,600 to USD 10,150 per tonne. The benchmark three-month price is currently about USD 9,800 "
+        "per tonne. Mine supply is again growing more slowly than smelter capacity, while demand from "
+        "power grids, electric vehicles and data centres keeps consumption growing at 2.6% a year. "
+        "Visible exchange inventories of about 480kt cover only 6.4 days of global consumption.",
+    ),
     ("h", "2. Mine supply"),
-    ("p", "We forecast global mine output of 23,250kt in 2026, an increase of only 1.5%, compared with the "
-          "3% growth that mining companies guided for at the start of last year. Three factors explain the "
-          "shortfall. Ore grades at the largest open-pit mines in the southern Andes continue to decline by "
-          "about 2% a year. Two large projects in central Africa have been delayed by power shortages and "
-          "will now ramp up in 2027 rather than 2026. And labour disputes remain a recurring risk: the "
-          "contract for workers at the Cerro Alto mine, operated by Andes Ridge Mining and producing about "
-          "390kt a year, expires in April."),
-    ("p", "We apply a disruption allowance of 4.5% to our bottom-up mine forecast, in line with the "
-          "ten-year average. Every additional percentage point of disruption removes roughly 230kt of "
-          "supply, enough to almost double our forecast deficit."),
+    (
+        "p",
+        "We forecast global mine output of 23,250kt in 2026, an increase of only 1.5%, compared with the "
+        "3% growth that mining companies guided for at the start of last year. Three factors explain the "
+        "shortfall. Ore grades at the largest open-pit mines in the southern Andes continue to decline by "
+        "about 2% a year. Two large projects in central Africa have been delayed by power shortages and "
+        "will now ramp up in 2027 rather than 2026. And labour disputes remain a recurring risk: the "
+        "contract for workers at the Cerro Alto mine, operated by Andes Ridge Mining and producing about "
+        "390kt a year, expires in April.",
+    ),
+    (
+        "p",
+        "We apply a disruption allowance of 4.5% to our bottom-up mine forecast, in line with the "
+        "ten-year average. Every additional percentage point of disruption removes roughly 230kt of "
+        "supply, enough to almost double our forecast deficit.",
+    ),
     ("h", "3. Demand"),
-    ("p", "Refined consumption should reach 28,240kt in 2026. Power-grid investment is the largest source "
-          "of growth: utilities in our tracked markets plan to raise transmission spending by 12% this "
-          "year. Electric vehicles use about three to four times as much copper as combustion-engine cars, "
-          "and we expect EV-related demand to rise by 160kt. Data-centre construction adds around 90kt. "
-          "Construction and consumer durables, still about 40% of demand, are flat, with weakness in "
-          "residential property offsetting modest gains elsewhere."),
+    (
+        "p",
+        "Refined consumption should reach 28,240kt in 2026. Power-grid investment is the largest source "
+        "of growth: utilities in our tracked markets plan to raise transmission spending by 12% this "
+        "year. Electric vehicles use about three to four times as much copper as combustion-engine cars, "
+        "and we expect EV-related demand to rise by 160kt. Data-centre construction adds around 90kt. "
+        "Construction and consumer durables, still about 40% of demand, are flat, with weakness in "
+        "residential property offsetting modest gains elsewhere.",
+    ),
     ("page", ""),
     ("h", "4. Balance and prices"),
-    ("p", "Table 1 summarises our global balance. The treatment and refining charges that miners pay "
-          "smelters fell to record lows in 2025, a sign that concentrate is scarce, and several smelters "
-          "have announced output cuts for the first quarter of 2026."),
+    (
+        "p",
+        "Table 1 summarises our global balance. The treatment and refining charges that miners pay "
+        "smelters fell to record lows in 2025, a sign that concentrate is scarce, and several smelters "
+        "have announced output cuts for the first quarter of 2026.",
+    ),
     ("t", "Table 1: Global refined copper balance (kt) and price forecast"),
     ("t", "                               2025A      2026E      2027E"),
     ("t", "Mine supply                   22,900     23,250     23,900"),
@@ -72,22 +87,34 @@ BLOCKS: list[tuple[str, str]] = [
     ("t", "Average price (USD/t)          9,420     10,150     10,400"),
     ("t", "Source: Harborline Securities Research estimates."),
     ("gap", ""),
-    ("p", "We expect prices to peak in the third quarter, when seasonal demand is strongest and the "
-          "effect of smelter cuts is visible in inventories. Our quarterly path is USD 9,850 in the first "
-          "quarter, USD 10,100 in the second, USD 10,400 in the third and USD 10,250 in the fourth."),
+    (
+        "p",
+        "We expect prices to peak in the third quarter, when seasonal demand is strongest and the "
+        "effect of smelter cuts is visible in inventories. Our quarterly path is USD 9,850 in the first "
+        "quarter, USD 10,100 in the second, USD 10,400 in the third and USD 10,250 in the fourth.",
+    ),
     ("h", "5. Equities"),
-    ("p", "Among the producers we cover, we prefer miners with growing volumes and low costs. Andes Ridge "
-          "Mining has all-in sustaining costs of about USD 2.10 per pound but carries strike risk at Cerro "
-          "Alto; we rate it Hold. Tallgrass Copper, with a new mine ramping up and costs in the lowest "
-          "quartile, remains our top pick (Buy). Each USD 500 per tonne change in the copper price moves "
-          "our 2026 EBITDA estimates for the sector by about 9%."),
+    (
+        "p",
+        "Among the producers we cover, we prefer miners with growing volumes and low costs. Andes Ridge "
+        "Mining has all-in sustaining costs of about USD 2.10 per pound but carries strike risk at Cerro "
+        "Alto; we rate it Hold. Tallgrass Copper, with a new mine ramping up and costs in the lowest "
+        "quartile, remains our top pick (Buy). Each USD 500 per tonne change in the copper price moves "
+        "our 2026 EBITDA estimates for the sector by about 9%.",
+    ),
     ("h", "6. Risks"),
-    ("p", "Downside risks to prices include a sharper slowdown in construction, a stronger US dollar and "
-          "the release of stocks held by traders. Upside risks include a strike at Cerro Alto, new export "
-          "restrictions on concentrate, and faster-than-expected grid spending."),
+    (
+        "p",
+        "Downside risks to prices include a sharper slowdown in construction, a stronger US dollar and "
+        "the release of stocks held by traders. Upside risks include a strike at Cerro Alto, new export "
+        "restrictions on concentrate, and faster-than-expected grid spending.",
+    ),
     ("gap", ""),
-    ("p", "Disclaimer: synthetic sample document written for the deepmoney project. All companies, mines "
-          "and figures are fictional; this is not investment research."),
+    (
+        "p",
+        "Disclaimer: synthetic sample document written for the deepmoney project. All companies, mines "
+        "and figures are fictional; this is not investment research.",
+    ),
 ]
 
 

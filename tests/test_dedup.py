@@ -57,8 +57,8 @@ def test_chinese_uses_character_shingles() -> None:
 
 def test_signature_is_deterministic_across_instances() -> None:
     text = _english(4)
-    a = Deduplicator(DedupConfig()).signature(text).hashvalues
-    b = Deduplicator(DedupConfig()).signature(text).hashvalues
+    a = Deduplicator(DedupConfig()).hasher.signature(text)
+    b = Deduplicator(DedupConfig()).hasher.signature(text)
     assert (a == b).all()
 
 

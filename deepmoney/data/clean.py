@@ -28,6 +28,7 @@ _CJK_CHAR = r"[\u3400-\u4dbf\u4e00-\u9fff]"
 _ASCII_TO_CJK_PUNCT = {",": "，", ";": "；", ":": "：", "?": "？", "!": "！", "(": "（", ")": "）"}
 # Between a Chinese character and a Chinese character or digit: "增长:5%" -> "增长：5%".
 _ASCII_PUNCT_IN_CJK = re.compile(rf"(?<={_CJK_CHAR})\s*([,;:?!])\s*(?={_CJK_CHAR}|\d)")
+_NEEDS_WIDTH_FIX = re.compile("[\uff10-\uff19\uff21-\uff3a\uff41-\uff5a﹐﹑﹔﹕﹖﹗｡､]")
 _VARIANT_PUNCT = str.maketrans(
     {"﹐": "，", "﹑": "、", "﹔": "；", "﹕": "：", "﹖": "？", "﹗": "！", "｡": "。", "､": "、"}
 )
@@ -65,7 +66,8 @@ def remove_footnote_debris(text: str) -> str:
 
 def normalize_cjk_punctuation(text: str) -> str:
     """Full-width letters/digits to ASCII; ASCII punctuation between Chinese characters to full width."""
-    text = text.translate(_FULLWIDTH_ALNUM).translate(_VARIANT_PUNCT)
+    if _NEEDS_WIDTH_FIX.search(text):  # str.translate is slow; most English text needs none of it
+        text = text.translate(_FULLWIDTH_ALNUM).translate(_VARIANT_PUNCT)
     return _ASCII_PUNCT_IN_CJK.sub(lambda m: _ASCII_TO_CJK_PUNCT[m.group(1)], text)
 
 

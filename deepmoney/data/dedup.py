@@ -2,8 +2,9 @@
 
 Near duplicates are found with MinHash signatures in an LSH index (datasketch). Shingles are word
 n-grams for space-separated text and character n-grams for Chinese, whose words are not separated
-by spaces. Shingle hashing and the MinHash permutations are vectorised with numpy: datasketch's own
-`update` hashes each shingle in Python, which costs more than the rest of the pt build together.
+by spaces. Shingle hashing and the MinHash permutations are vectorised with numpy (datasketch's own
+`update` hashes each shingle in Python, which cost more than the rest of the pt build together);
+datasketch keeps the LSH index.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from datasketch import MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHashLSH
 
 from deepmoney.config import DedupConfig
 from deepmoney.data.text import cjk_ratio
 
-_MERSENNE = np.uint64((1 << 61) - 1)
 _MAX_HASH = np.uint64((1 << 32) - 1)
-_WORD = re.compile(r"\w+")
+_WORD_BYTES = re.compile(rb"[A-Za-z0-9_\x80-\xff]+")  # words of UTF-8 bytes; non-ASCII letters stay inside
 _NOT_CJK_TEXT = re.compile(r"[\s\W_]+")
 _CHUNK = 65_536  # shingles per numpy pass: bounds memory to CHUNK * num_perm * 8 bytes
 
@@ -46,14 +46,15 @@ def _normalized(text: str) -> str:
 
 
 def shingle_hashes(text: str, word_ngram: int, cjk_ngram: int) -> np.ndarray:
-    """Unique 32-bit hashes of the document's shingles (word n-grams, or character n-grams for CJK)."""
+    """Unique 64-bit hashes of the document's shingles (word n-grams, or character n-grams for CJK)."""
     if cjk_ratio(text) > 0.3:
         chars = _NOT_CJK_TEXT.sub("", text.lower())
         units = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         n = cjk_ngram
     else:
-        words = _WORD.findall(text.lower())
-        units = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+        words = _WORD_BYTES.findall(text.lower().encode("utf-8"))
+        ids = {w: zlib.crc32(w) for w in set(words)}  # hash each distinct word once
+        units = np.fromiter(map(ids.__getitem__, words), dtype=np.uint64, count=len(words))
         n = word_ngram
     if units.size == 0:
         return units
@@ -67,7 +68,33 @@ def shingle_hashes(text: str, word_ngram: int, cjk_ngram: int) -> np.ndarray:
         acc ^= acc >> np.uint64(29)
         acc *= np.uint64(0xBF58476D1CE4E5B9)
         acc ^= acc >> np.uint64(32)
-    return np.unique(acc & _MAX_HASH)
+    return np.unique(acc)
+
+
+def exact_key(text: str) -> str:
+    """Digest of the text with case and whitespace normalised: equal keys are exact duplicates."""
+    return hashlib.sha256(_normalized(text).encode("utf-8")).hexdigest()
+
+
+class MinHasher:
+    """Computes MinHash signatures; cheap to build, picklable, so worker processes each have one."""
+
+    def __init__(self, config: DedupConfig, seed: int = 1) -> None:
+        self.config = config
+        rng = np.random.default_rng(seed)
+        # Multiply-shift hashing (Dietzfelbinger): one multiply and one add per value, no modulo.
+        self._a = rng.integers(0, np.iinfo(np.uint64).max, size=config.num_perm, dtype=np.uint64) | np.uint64(1)
+        self._b = rng.integers(0, np.iinfo(np.uint64).max, size=config.num_perm, dtype=np.uint64)
+
+    def signature(self, text: str) -> np.ndarray:
+        """The MinHash values (num_perm uint64) of `text`'s shingles."""
+        hashes = shingle_hashes(text, self.config.word_ngram, self.config.cjk_ngram)
+        values = np.full(self.config.num_perm, _MAX_HASH, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for start in range(0, hashes.size, _CHUNK):
+                permuted = (hashes[start : start + _CHUNK, None] * self._a + self._b) >> np.uint64(32)
+                values = np.minimum(values, permuted.min(axis=0))
+        return values
 
 
 class Deduplicator:
@@ -75,33 +102,26 @@ class Deduplicator:
 
     def __init__(self, config: DedupConfig, seed: int = 1) -> None:
         self.config = config
+        self.hasher = MinHasher(config, seed)
+        self._seed = seed
         self._exact: dict[str, str] = {}
         self._lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
-        self._signatures: dict[str, MinHash] = {}
-        rng = np.random.RandomState(seed)
-        self._a = rng.randint(1, int(_MERSENNE), size=config.num_perm, dtype=np.uint64)
-        self._b = rng.randint(0, int(_MERSENNE), size=config.num_perm, dtype=np.uint64)
-
-    def signature(self, text: str) -> MinHash:
-        """The MinHash signature of `text`."""
-        hashes = shingle_hashes(text, self.config.word_ngram, self.config.cjk_ngram)
-        values = np.full(self.config.num_perm, _MAX_HASH, dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for start in range(0, hashes.size, _CHUNK):
-                chunk = hashes[start : start + _CHUNK, None]
-                permuted = ((chunk * self._a + self._b) % _MERSENNE) & _MAX_HASH
-                values = np.minimum(values, permuted.min(axis=0))
-        # Same affine-mod-Mersenne family datasketch used before 2.0, hence its "legacy" scheme.
-        return MinHash(num_perm=self.config.num_perm, hashvalues=values, scheme="legacy")
+        self._signatures: dict[str, LeanMinHash] = {}
 
     def check(self, doc_id: str, text: str) -> DuplicateOf | None:
         """None if `text` is new (and remember it); otherwise which kept document it duplicates."""
         if not self.config.enabled:
             return None
-        exact_key = hashlib.sha256(_normalized(text).encode("utf-8")).hexdigest()
-        if exact_key in self._exact:
-            return DuplicateOf(self._exact[exact_key], "exact", 1.0)
-        signature = self.signature(text)
+        return self.check_prepared(doc_id, exact_key(text), self.hasher.signature(text))
+
+    def check_prepared(self, doc_id: str, key: str, hashvalues: np.ndarray) -> DuplicateOf | None:
+        """`check` with the exact key and signature already computed (by a worker process)."""
+        if not self.config.enabled:
+            return None
+        if key in self._exact:
+            return DuplicateOf(self._exact[key], "exact", 1.0)
+        # The values come from our own hash family, which datasketch only compares for equality.
+        signature = LeanMinHash(seed=self._seed, hashvalues=hashvalues, scheme="legacy")
         best: DuplicateOf | None = None
         for candidate in self._lsh.query(signature):
             similarity = signature.jaccard(self._signatures[candidate])
@@ -109,7 +129,7 @@ class Deduplicator:
                 best = DuplicateOf(candidate, "near", similarity)
         if best is not None:
             return best
-        self._exact[exact_key] = doc_id
+        self._exact[key] = doc_id
         if doc_id not in self._signatures:
             self._lsh.insert(doc_id, signature)
             self._signatures[doc_id] = signature

@@ -1,45 +1,50 @@
 """The pt corpus: documents -> context header + text -> tokens -> packed Parquet blocks + manifest.
 
-Everything streams: one file is read at a time, documents are tokenized in small batches and
-blocks are written as they fill, so memory stays flat however large the corpus is (the dedup
-index keeps num_perm * 8 bytes per document). The output is built in a private staging directory
-and published with the manifest last, so an interrupted run leaves nothing half-written; a
-re-run whose inputs, tokenizer and config are unchanged finds the manifest and reuses it.
+Everything streams. Worker processes read, clean, split, summarize and tokenize one file (or one
+chunk of JSONL lines) at a time; the main process takes their results in input order, makes the
+order-dependent decision (is this a duplicate of something kept earlier?), packs the tokens into
+blocks and writes Parquet shards as they fill. Memory stays flat however large the corpus is (the
+dedup index keeps num_perm * 8 bytes per document).
+
+The output is built in a private staging directory and published with the manifest last, so an
+interrupted run leaves nothing half-written; a re-run whose inputs, tokenizer and config are
+unchanged finds the manifest and reuses it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deepmoney import __version__
 from deepmoney.config import DeepmoneyConfig
-from deepmoney.data.chapters import split_chapters
 from deepmoney.data.dedup import Deduplicator
-from deepmoney.data.document import Document
-from deepmoney.data.ingest import iter_documents, load_collections, resolve_inputs
+from deepmoney.data.ingest import load_collections, resolve_inputs
 from deepmoney.data.pack import BlockPacker
+from deepmoney.data.process import DocumentProcessor, Prepared, Task, TaskResult
+from deepmoney.data.readers import FORMATS, jsonl_chunks
 from deepmoney.data.shards import ShardWriter
-from deepmoney.data.summarize import make_summarizer, pt_text
+from deepmoney.data.summarize import make_summarizer
+from deepmoney.data.tokenize import TokenizerSpec, resolve_tokenizer
 from deepmoney.errors import InputRejected, UserError
-from deepmoney.models import load_tokenizer, tokenizer_digest
-from deepmoney.storage import Storage, is_s3, join, sha256_file
+from deepmoney.parallel import ordered_map, worker_count
+from deepmoney.storage import FileRef, Storage, is_s3, join, sha256_file
 
 log = logging.getLogger(__name__)
 
 PT_FORMAT = "deepmoney.pt.v1"  # bump when the output layout or the record text changes
-_MAX_ENCODE_CHARS = 200_000  # longer texts are tokenized in pieces to bound the tokenizer's memory
 
 
 @dataclass
@@ -52,86 +57,44 @@ class PtBuildResult:
 
 
 @dataclass
-class _Counts:
+class _Progress:
+    """Counts and reports accumulated while the corpus streams through."""
+
     documents_read: int = 0
     documents: int = 0
     chapters: int = 0
     too_short: int = 0
     exact: int = 0
     near: int = 0
-    rejected: int = 0
+    rejected: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
     per_file: dict[str, dict[str, int]] = field(default_factory=dict)
 
+    def reject(self, item: InputRejected) -> None:
+        log.warning("rejected %s: %s", item.path, item.reason)
+        self.rejected.append(json.dumps({"path": item.path, "reason": item.reason}, ensure_ascii=False))
 
-def _pieces(text: str) -> list[str]:
-    """Cut a huge text at whitespace into pieces the tokenizer can take one at a time."""
-    if len(text) <= _MAX_ENCODE_CHARS:
-        return [text]
-    pieces, start = [], 0
-    while start < len(text):
-        end = min(start + _MAX_ENCODE_CHARS, len(text))
-        if end < len(text):
-            cut = text.rfind(" ", start + _MAX_ENCODE_CHARS // 2, end)
-            end = cut if cut > start else end
-        pieces.append(text[start:end])
-        start = end
-    return pieces
+    def drop(self, prepared: Prepared, reason: str) -> None:
+        doc = prepared.doc
+        self.dropped.append(
+            json.dumps({"doc_id": doc.doc_id, "source": doc.source, "reason": reason}, ensure_ascii=False)
+        )
 
-
-class _Tokenizing:
-    """Batches pt texts through the Rust tokenizer (parallel over cores) into the packer."""
-
-    def __init__(
-        self, tokenizer: Any, config: DeepmoneyConfig, packer: BlockPacker, writer: ShardWriter, index: IO[str]
-    ) -> None:
-        self.backend = tokenizer.backend_tokenizer
-        self.bos = [tokenizer.bos_token_id] if config.data.add_bos and tokenizer.bos_token_id is not None else []
-        self.eos = [tokenizer.eos_token_id]
-        self.batch = config.data.tokenize_batch
-        self.packer, self.writer, self.index = packer, writer, index
-        self.pending: list[tuple[int, str, dict[str, Any]]] = []
-        encode = getattr(self.backend, "encode_batch_fast", None) or self.backend.encode_batch
-        self._encode = lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
-
-    def add(self, doc_index: int, text: str, record: dict[str, Any]) -> None:
-        self.pending.append((doc_index, text, record))
-        if len(self.pending) >= self.batch:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        pieces, owners = [], []
-        for slot, (_, text, _) in enumerate(self.pending):
-            for piece in _pieces(text):
-                pieces.append(piece)
-                owners.append(slot)
-        encoded = self._encode(pieces)
-        per_doc: list[list[list[int]]] = [[] for _ in self.pending]
-        for slot, ids in zip(owners, encoded, strict=True):
-            per_doc[slot].append(ids)
-        for (doc_index, _, record), parts in zip(self.pending, per_doc, strict=True):
-            ids = np.concatenate(
-                [np.asarray(self.bos, dtype=np.int32)]
-                + [np.asarray(p, dtype=np.int32) for p in parts]
-                + [np.asarray(self.eos, dtype=np.int32)]
-            )
-            record["tokens"] = int(ids.size)
-            self.index.write(json.dumps(record, ensure_ascii=False) + "\n")
-            for block in self.packer.add(doc_index, ids):
-                self.writer.write(block)
-        self.pending = []
+    def write_reports(self, staging: Path) -> None:
+        (staging / "rejected.jsonl").write_text("".join(f"{line}\n" for line in self.rejected), encoding="utf-8")
+        (staging / "dropped.jsonl").write_text("".join(f"{line}\n" for line in self.dropped), encoding="utf-8")
 
 
 def _fingerprint(
-    files: list[Any], collections: list[Any], tokenizer: str, config: DeepmoneyConfig, summarizer: str
+    files: list[FileRef], collections: list[FileRef], tokenizer: str, config: DeepmoneyConfig, summarizer: str
 ) -> str:
     payload = {
         "format": PT_FORMAT,
         "inputs": [[f.uri, f.size, f.version] for f in files],
         "collections": [[f.uri, f.size, f.version] for f in collections],
         "tokenizer": tokenizer,
-        "data": config.data.model_dump(mode="json"),
+        # How many processes did the work does not change the result.
+        "data": config.data.model_dump(mode="json", exclude={"workers", "records_per_task"}),
         "summarizer": summarizer,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -146,6 +109,21 @@ def _existing_manifest(storage: Storage, output: str) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         log.warning("ignoring unreadable %s; rebuilding", path)
         return None
+
+
+def _tasks(files: list[FileRef], storage: Storage, records_per_task: int) -> Iterator[Task]:
+    for ref in files:
+        if FORMATS.get(Path(ref.uri).suffix.lower()) != "jsonl" or ref.size == 0:
+            yield Task(ref)
+            continue
+        previous: Task | None = None
+        for chunk in jsonl_chunks(ref.uri, storage, records_per_task):
+            if previous is not None:
+                yield previous
+            previous = Task(ref, chunk, last=False)
+        if previous is not None:
+            previous.last = True
+            yield previous
 
 
 def build_pt(
@@ -163,187 +141,193 @@ def build_pt(
     output = str(output)
     started = time.perf_counter()
     storage.check_writable(output)
-    summarizer = make_summarizer(config)
+    summarizer_name = make_summarizer(config).name  # fails now, not in a worker, if misconfigured
     resolved = resolve_inputs(inputs, storage)
     if strict and resolved.rejected:
         bad = resolved.rejected[0]
         raise UserError(f"{bad.path}: {bad.reason} (--strict stops at the first bad input)")
     with tempfile.TemporaryDirectory(prefix="deepmoney-tok-") as scratch:
-        tokenizer, tokenizer_dir = load_tokenizer(tokenizer_uri, storage, Path(scratch))
-        tok_digest = tokenizer_digest(tokenizer_dir)
-    fingerprint = _fingerprint(resolved.files, resolved.collections, tok_digest, config, summarizer.name)
-    previous = _existing_manifest(storage, output)
-    if previous and previous.get("fingerprint") == fingerprint:
-        log.info("%s is up to date (same inputs, tokenizer and config); reusing it", output)
-        return PtBuildResult(output, previous, reused=True)
+        spec = resolve_tokenizer(tokenizer_uri, storage, Path(scratch))
+        fingerprint = _fingerprint(resolved.files, resolved.collections, spec.digest, config, summarizer_name)
+        previous = _existing_manifest(storage, output)
+        if previous and previous.get("fingerprint") == fingerprint:
+            log.info("%s is up to date (same inputs, tokenizer and config); reusing it", output)
+            return PtBuildResult(output, previous, reused=True)
 
-    data = config.data
-    counts = _Counts(rejected=len(resolved.rejected))
-    reports = _Reports()
-    for r in resolved.rejected:
-        log.warning("rejected %s: %s", r.path, r.reason)
-        reports.reject(r)
-    collections = load_collections(resolved.collections, storage)
-    packer = BlockPacker(data.block_size)
-
-    with storage.staging_dir(output) as staging:
-        writer = ShardWriter(staging / "data", data.shard_rows)
-        with open(staging / "documents.jsonl", "w", encoding="utf-8") as index:
-            tokenizing = _Tokenizing(tokenizer, config, packer, writer, index)
-            documents = iter_documents(resolved.files, storage, data, collections)
+        progress = _Progress()
+        for item in resolved.rejected:
+            progress.reject(item)
+        collections = load_collections(resolved.collections, storage)
+        processor = functools.partial(DocumentProcessor, config, spec, storage, collections)
+        packer = BlockPacker(config.data.block_size)
+        with storage.staging_dir(output) as staging:
+            writer = ShardWriter(staging / "data", config.data.shard_rows)
+            results = ordered_map(
+                processor,
+                _tasks(resolved.files, storage, config.data.records_per_task),
+                worker_count(config.data.workers),
+            )
             with (
+                open(staging / "documents.jsonl", "w", encoding="utf-8") as index,
                 tqdm(total=len(resolved.files), unit="file", desc="build-pt", disable=quiet, dynamic_ncols=True) as bar,
                 logging_redirect_tqdm(),
             ):
-                _consume(
-                    documents, bar, tokenizing, summarizer, Deduplicator(data.dedup), config, counts, reports, strict
+                dedup = Deduplicator(config.data.dedup)
+                for result in results:
+                    _take(result, dedup, packer, writer, index, progress, config, strict)
+                    if result.task.last:
+                        bar.update(1)
+                        bar.set_postfix(docs=progress.documents, tokens=packer.tokens_in, refresh=False)
+            tokens_dropped = packer.finish()
+            shards = writer.close()
+            # From here on the old output, if any, is being replaced: unmark it as complete first.
+            storage.delete(join(output, "manifest.json"))
+            progress.write_reports(staging)
+            if progress.documents == 0:
+                shutil.rmtree(staging / "data")
+                (staging / "documents.jsonl").unlink()
+                storage.publish_tree(staging, output, last="rejected.jsonl")
+                raise UserError(
+                    f"no usable documents in {', '.join(inputs)}: {len(progress.rejected)} rejected, "
+                    f"{len(progress.dropped)} dropped (see {join(output, 'rejected.jsonl')})"
                 )
-            tokenizing.flush()
-        tokens_dropped = packer.finish()
-        shards = writer.close()
-        # From here on the old output, if any, is being replaced: unmark it as complete first.
-        storage.delete(join(output, "manifest.json"))
-        if counts.documents == 0:
-            reports.write(staging)
-            shutil.rmtree(staging / "data")
-            (staging / "documents.jsonl").unlink()
-            storage.publish_tree(staging, output, last="rejected.jsonl")
-            raise UserError(
-                f"no usable documents in {', '.join(inputs)}: {counts.rejected} rejected, "
-                f"{len(reports.dropped)} dropped (see {join(output, 'rejected.jsonl')})"
+            manifest = _manifest(
+                fingerprint,
+                progress,
+                packer,
+                writer.rows,
+                tokens_dropped,
+                config,
+                spec,
+                summarizer_name,
+                resolved,
+                staging,
+                shards,
+                started,
             )
-        reports.write(staging)
-        manifest = {
-            "kind": "pt-corpus",
-            "format": PT_FORMAT,
-            "deepmoney_version": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "fingerprint": fingerprint,
-            "documents": counts.documents,
-            "documents_read": counts.documents_read,
-            "chapters": counts.chapters,
-            "tokens": packer.tokens_in,
-            "blocks": writer.rows,
-            "block_size": data.block_size,
-            "tokens_dropped": tokens_dropped,
-            "rejected": counts.rejected,
-            "dropped": {"too_short": counts.too_short, "exact_duplicate": counts.exact, "near_duplicate": counts.near},
-            "dedup_removed": counts.exact + counts.near,
-            "skipped_collections": [c.uri for c in resolved.collections],
-            "summarizer": summarizer.name if data.summary.enabled else None,
-            "tokenizer": {
-                "uri": tokenizer_uri,
-                "digest": tok_digest,
-                "vocab_size": len(tokenizer),
-                "bos_token_id": tokenizer.bos_token_id,
-                "eos_token_id": tokenizer.eos_token_id,
-            },
-            "config": data.model_dump(mode="json"),
-            "inputs": [_input_entry(ref, counts.per_file.get(ref.uri, {})) for ref in resolved.files],
-            "files": [
-                {"path": p.relative_to(staging).as_posix(), "sha256": sha256_file(p)}
-                for p in [*shards, staging / "documents.jsonl", staging / "dropped.jsonl", staging / "rejected.jsonl"]
-            ],
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-        _remove_stale_shards(storage, output, {p.name for p in shards})
-        storage.publish_tree(staging, output)
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+            _remove_stale_shards(storage, output, {p.name for p in shards})
+            storage.publish_tree(staging, output)
     log.info(
         "pt corpus written to %s: %d documents, %d tokens, %d blocks",
         output,
-        counts.documents,
+        progress.documents,
         packer.tokens_in,
         writer.rows,
     )
     return PtBuildResult(output, manifest)
 
 
-@dataclass
-class _Reports:
-    """rejected.jsonl (inputs that could not be read) and dropped.jsonl (documents left out)."""
-
-    rejected: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-
-    def reject(self, item: InputRejected) -> None:
-        self.rejected.append(json.dumps({"path": item.path, "reason": item.reason}, ensure_ascii=False))
-
-    def drop(self, doc: Document, reason: str) -> None:
-        self.dropped.append(
-            json.dumps({"doc_id": doc.doc_id, "source": doc.source, "reason": reason}, ensure_ascii=False)
-        )
-
-    def write(self, staging: Path) -> None:
-        (staging / "rejected.jsonl").write_text("".join(f"{line}\n" for line in self.rejected), encoding="utf-8")
-        (staging / "dropped.jsonl").write_text("".join(f"{line}\n" for line in self.dropped), encoding="utf-8")
-
-
-def _consume(
-    documents: Any,
-    bar: Any,
-    tokenizing: _Tokenizing,
-    summarizer: Any,
+def _take(
+    result: TaskResult,
     dedup: Deduplicator,
+    packer: BlockPacker,
+    writer: ShardWriter,
+    index: Any,
+    progress: _Progress,
     config: DeepmoneyConfig,
-    counts: _Counts,
-    reports: _Reports,
     strict: bool,
 ) -> None:
-    """The per-document loop: reject, drop (too short, duplicate), or split + summarize + tokenize."""
-    data = config.data
-    current = None
-    for ref, item in documents:
-        if ref.uri != current:
-            if current is not None:
-                bar.update(1)
-                bar.set_postfix(docs=counts.documents, tokens=tokenizing.packer.tokens_in, refresh=False)
-            current = ref.uri
-        file_counts = counts.per_file.setdefault(ref.uri, {"documents": 0, "rejected": 0, "dropped": 0})
+    """Keep or drop each document of one task's result, in order; pack and index the kept ones."""
+    counts = progress.per_file.setdefault(result.task.ref.uri, {"documents": 0, "rejected": 0, "dropped": 0})
+    for item in result.items:
         if isinstance(item, InputRejected):
             if strict:
                 raise UserError(f"{item.path}: {item.reason} (--strict stops at the first bad input)")
-            log.warning("rejected %s: %s", item.path, item.reason)
-            reports.reject(item)
-            counts.rejected += 1
-            file_counts["rejected"] += 1
+            progress.reject(item)
+            counts["rejected"] += 1
             continue
-        counts.documents_read += 1
-        reason = _drop_reason(item, data.min_chars, dedup, counts)
+        progress.documents_read += 1
+        reason = _drop_reason(item, dedup, progress, config.data.min_chars)
         if reason:
-            file_counts["dropped"] += 1
-            reports.drop(item, reason)
+            counts["dropped"] += 1
+            progress.drop(item, reason)
             continue
-        chapters = split_chapters(item, data.chapters)
-        summary = summarizer.summarize(item, chapters) if data.summary.enabled else None
+        assert item.ids is not None
         record = {
-            "index": counts.documents,
-            **item.to_index(),
-            "chars": len(item.text),
-            "chapters": [c.title for c in chapters],
+            "index": progress.documents,
+            **item.doc.to_index(),
+            "chars": item.chars,
+            "tokens": int(item.ids.size),
+            "chapters": item.chapters,
         }
-        tokenizing.add(counts.documents, pt_text(item, summary), record)
-        counts.documents += 1
-        counts.chapters += len(chapters)
-        file_counts["documents"] += 1
-    bar.update(bar.total - bar.n)
+        index.write(json.dumps(record, ensure_ascii=False) + "\n")
+        for block in packer.add(progress.documents, item.ids):
+            writer.write(block)
+        progress.documents += 1
+        progress.chapters += len(item.chapters)
+        counts["documents"] += 1
 
 
-def _drop_reason(doc: Document, min_chars: int, dedup: Deduplicator, counts: _Counts) -> str | None:
-    if len(doc.text) < min_chars:
-        counts.too_short += 1
-        return f"too short after cleaning ({len(doc.text)} < data.min_chars={min_chars} characters)"
-    duplicate = dedup.check(doc.doc_id, doc.text)
+def _drop_reason(item: Prepared, dedup: Deduplicator, progress: _Progress, min_chars: int) -> str | None:
+    if item.ids is None:
+        progress.too_short += 1
+        return f"too short after cleaning ({item.chars} < data.min_chars={min_chars} characters)"
+    if item.signature is None:
+        return None
+    duplicate = dedup.check_prepared(item.doc.doc_id, item.key, item.signature)
     if duplicate is None:
         return None
     if duplicate.kind == "exact":
-        counts.exact += 1
+        progress.exact += 1
     else:
-        counts.near += 1
+        progress.near += 1
     return duplicate.reason()
 
 
-def _input_entry(ref: Any, counts: dict[str, int]) -> dict[str, Any]:
+def _manifest(
+    fingerprint: str,
+    progress: _Progress,
+    packer: BlockPacker,
+    blocks: int,
+    tokens_dropped: int,
+    config: DeepmoneyConfig,
+    spec: TokenizerSpec,
+    summarizer: str,
+    resolved: Any,
+    staging: Path,
+    shards: list[Path],
+    started: float,
+) -> dict[str, Any]:
+    data = config.data
+    reports = [staging / "documents.jsonl", staging / "dropped.jsonl", staging / "rejected.jsonl"]
+    return {
+        "kind": "pt-corpus",
+        "format": PT_FORMAT,
+        "deepmoney_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "fingerprint": fingerprint,
+        "documents": progress.documents,
+        "documents_read": progress.documents_read,
+        "chapters": progress.chapters,
+        "tokens": packer.tokens_in,
+        "blocks": blocks,
+        "block_size": data.block_size,
+        "tokens_dropped": tokens_dropped,
+        "rejected": len(progress.rejected),
+        "dropped": {
+            "too_short": progress.too_short,
+            "exact_duplicate": progress.exact,
+            "near_duplicate": progress.near,
+        },
+        "dedup_removed": progress.exact + progress.near,
+        "skipped_collections": [c.uri for c in resolved.collections],
+        "summarizer": summarizer if data.summary.enabled else None,
+        "tokenizer": {
+            "uri": spec.uri,
+            "digest": spec.digest,
+            "vocab_size": spec.vocab_size,
+            "bos_token_id": spec.bos_id,
+            "eos_token_id": spec.eos_id,
+        },
+        "config": data.model_dump(mode="json"),
+        "inputs": [_input_entry(ref, progress.per_file.get(ref.uri, {})) for ref in resolved.files],
+        "files": [{"path": p.relative_to(staging).as_posix(), "sha256": sha256_file(p)} for p in [*shards, *reports]],
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _input_entry(ref: FileRef, counts: dict[str, int]) -> dict[str, Any]:
     entry: dict[str, Any] = {"uri": ref.uri, "size": ref.size, **counts}
     if is_s3(ref.uri):
         entry["etag"] = ref.version

@@ -343,30 +343,48 @@ def is_collection(uri: str, head: bytes) -> bool:
     return uri.endswith(".collection.xml") or (_suffix(uri) == ".xml" and COLLXML_NS.encode() in head[:2000])
 
 
-def read_jsonl(uri: str, storage: Storage, max_line_bytes: int) -> Iterator[ReadResult]:
-    """JSON Lines, streamed: `{"text": …}` plus optional title, publisher, date, subject, language, id."""
+def jsonl_records(uri: str, lines: list[tuple[int, bytes]], max_line_bytes: int) -> Iterator[ReadResult]:
+    """Documents from numbered JSONL lines: `{"text": …}` plus optional title, publisher, date, subject, id."""
+    for number, raw in lines:
+        where = f"{uri}#L{number}"
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        if len(raw) > max_line_bytes:
+            yield InputRejected(where, f"line of {len(raw) / 1e6:.1f} MB is above data.max_document_mb")
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            yield InputRejected(where, f"invalid JSON ({exc.__class__.__name__}: {exc})")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            yield InputRejected(where, 'expected an object with a string "text" field')
+            continue
+        fields = {k: str(v) for k, v in record.items() if k != "text" and v not in (None, "")}
+        source = f"{uri}#{fields['id']}" if "id" in fields else where
+        fields = {_FIELD_ALIASES.get(k.lower(), k.lower()): v for k, v in fields.items()}
+        yield _make_document(source, record["text"], fields, line=number)
+
+
+def jsonl_chunks(uri: str, storage: Storage, size: int) -> Iterator[list[tuple[int, bytes]]]:
+    """The numbered lines of a JSONL file or object, streamed in chunks of `size` lines."""
+    chunk: list[tuple[int, bytes]] = []
     with storage.open_read(uri) as stream:
         for number, raw in enumerate(stream, start=1):
-            where = f"{uri}#L{number}"
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
-                continue
-            if len(raw) > max_line_bytes:
-                yield InputRejected(where, f"line of {len(raw) / 1e6:.1f} MB is above data.max_document_mb")
-                continue
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                yield InputRejected(where, f"invalid JSON ({exc.__class__.__name__}: {exc})")
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                yield InputRejected(where, 'expected an object with a string "text" field')
-                continue
-            fields = {k: str(v) for k, v in record.items() if k != "text" and v not in (None, "")}
-            source = f"{uri}#{fields['id']}" if "id" in fields else where
-            fields = {_FIELD_ALIASES.get(k.lower(), k.lower()): v for k, v in fields.items()}
-            yield _make_document(source, record["text"], fields, line=number)
+            chunk.append((number, raw))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def read_jsonl(uri: str, storage: Storage, max_line_bytes: int) -> Iterator[ReadResult]:
+    """JSON Lines, streamed."""
+    for chunk in jsonl_chunks(uri, storage, 1024):
+        yield from jsonl_records(uri, chunk, max_line_bytes)
 
 
 def read_file(

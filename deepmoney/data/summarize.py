@@ -31,6 +31,7 @@ _FIGURE = re.compile(
     r"|[-+]?\d[\d,]*(?:\.\d+)?\s?(?:%|percent|per cent|bp|bps|basis points|bn|billion|million|trillion"
     r"|亿元|万亿元|万亿|亿|万元|元|美元|个基点|倍|x)(?![A-Za-z]))"
 )
+_HEAD_CHARS = 30_000
 _LABELS = {
     "en": ("Title", "Publisher", "Date", "Subject", "Key figures", "Summary"),
     "zh": ("标题", "发布机构", "日期", "主题", "关键数据", "摘要"),
@@ -108,16 +109,17 @@ class ExtractiveSummarizer:
 
     def summarize(self, doc: Document, chapters: list[Chapter]) -> ContextSummary:
         """Pick `max_sentences` sentences that carry the document's most frequent terms."""
-        text = doc.text[:200_000]  # the head of a huge document says enough about its context
+        text = doc.text[:_HEAD_CHARS]  # who, what and when are said at the start of a report
         body = "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(("#", "|")))
         sentences = [s for s in split_sentences(body) if 20 <= len(s) <= 400][:400]
-        freq = Counter(_terms(body))
+        terms = [_terms(sentence) for sentence in sentences]
+        freq = Counter(t for sentence_terms in terms for t in sentence_terms)
         scored = []
-        for index, sentence in enumerate(sentences):
-            terms = _terms(sentence)
-            if not terms:
+        for index, (sentence, sentence_terms) in enumerate(zip(sentences, terms, strict=True)):
+            if not sentence_terms:
                 continue
-            score = sum(freq[t] for t in set(terms)) / math.sqrt(len(terms)) / (1 + 0.02 * index)
+            unique = set(sentence_terms)
+            score = sum(freq[t] for t in unique) / math.sqrt(len(sentence_terms)) / (1 + 0.02 * index)
             scored.append((score, index, sentence))
         best = sorted(sorted(scored, reverse=True)[: self.config.max_sentences], key=lambda item: item[1])
         joiner = "" if doc.language == "zh" else " "

@@ -1,0 +1,111 @@
+"""The per-document work of the pt build, done in worker processes.
+
+A task is one input file, or a chunk of one JSONL file's lines. The worker reads, cleans, splits
+into chapters, writes the context header, tokenizes and computes the dedup signature; it returns
+`Prepared` records (without the text, which the main process no longer needs) in input order. The
+main process only makes the order-dependent decisions (dedup), packs and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deepmoney.config import DeepmoneyConfig
+from deepmoney.data.chapters import split_chapters
+from deepmoney.data.clean import clean_text
+from deepmoney.data.dedup import MinHasher, exact_key
+from deepmoney.data.document import Document
+from deepmoney.data.readers import CollectionIndex, jsonl_records, read_file
+from deepmoney.data.summarize import make_summarizer, pt_text
+from deepmoney.data.tokenize import Encoder, TokenizerSpec
+from deepmoney.errors import InputRejected
+from deepmoney.storage import FileRef, Storage, StorageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Task:
+    """A file to read, or (`lines` set) a chunk of a JSONL file. `last` marks the file's final task."""
+
+    ref: FileRef
+    lines: list[tuple[int, bytes]] | None = None
+    last: bool = True
+
+
+@dataclass
+class Prepared:
+    """One document, ready for the main process to keep (pack its ids) or drop."""
+
+    doc: Document  # metadata only: `text` is emptied before the record leaves the worker
+    chars: int
+    chapters: list[str] = field(default_factory=list)
+    key: str = ""
+    signature: np.ndarray | None = None
+    ids: np.ndarray | None = None  # None when too short to keep
+
+
+@dataclass
+class TaskResult:
+    """What one task produced."""
+
+    task: Task
+    items: list[Prepared | InputRejected]
+
+
+class DocumentProcessor:
+    """Callable on a Task; built once per worker process."""
+
+    def __init__(
+        self, config: DeepmoneyConfig, tokenizer: TokenizerSpec, storage: Storage, collections: CollectionIndex
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.collections = collections
+        self.summarizer = make_summarizer(config)
+        self.hasher = MinHasher(config.data.dedup)
+        self.encoder = Encoder(tokenizer, config.data.add_bos)
+
+    def __call__(self, task: Task) -> TaskResult:
+        data = self.config.data
+        try:
+            if task.lines is None:
+                raw = list(read_file(task.ref, self.storage, data, self.collections))
+            else:
+                raw = list(jsonl_records(task.ref.uri, task.lines, int(data.max_document_mb * 1e6)))
+        except StorageError as exc:
+            return TaskResult(task, [InputRejected(task.ref.uri, str(exc))])
+        except Exception as exc:  # a reader bug on one odd file must not end a day-long run
+            log.exception("failed to read %s", task.ref.uri)
+            return TaskResult(
+                task, [InputRejected(task.ref.uri, f"could not be processed ({type(exc).__name__}: {exc})")]
+            )
+        items: list[Prepared | InputRejected] = []
+        texts: list[str] = []
+        owners: list[Prepared] = []
+        for item in raw:
+            if isinstance(item, InputRejected):
+                items.append(item)
+                continue
+            item.text = clean_text(item.text)
+            prepared = Prepared(doc=item, chars=len(item.text))
+            items.append(prepared)
+            if prepared.chars < data.min_chars:
+                continue
+            if data.dedup.enabled:
+                prepared.key = exact_key(item.text)
+                prepared.signature = self.hasher.signature(item.text)
+            chapters = split_chapters(item, data.chapters)
+            prepared.chapters = [c.title for c in chapters]
+            summary = self.summarizer.summarize(item, chapters) if data.summary.enabled else None
+            texts.append(pt_text(item, summary))
+            owners.append(prepared)
+        for prepared, ids in zip(owners, self.encoder.encode_many(texts), strict=True):
+            prepared.ids = ids
+        for item in items:
+            if isinstance(item, Prepared):
+                item.doc.text = ""
+        return TaskResult(task, items)
