@@ -24,8 +24,13 @@ from itertools import chain
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBSETS = ["fomc_minutes", "fomc_statements", "openstax_principles_finance_1e/modules", "cn_financial_laws",
-           "wikinews_economy/wikinews_economy.jsonl"]
+SUBSETS = [
+    "fomc_minutes",
+    "fomc_statements",
+    "openstax_principles_finance_1e/modules",
+    "cn_financial_laws",
+    "wikinews_economy/wikinews_economy.jsonl",
+]
 
 
 def _inputs(data: Path) -> list[Path]:
@@ -38,7 +43,9 @@ def _inputs(data: Path) -> list[Path]:
 def _files(inputs: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in inputs:
-        files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in {".txt", ".md", ".cnxml"})
+        files += (
+            [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in {".txt", ".md", ".cnxml"})
+        )
     return files
 
 
@@ -53,8 +60,13 @@ def run_build_pt(inputs: list[Path], tokenizer: Path, block_size: int, work: Pat
     result = build_pt([str(p) for p in inputs], str(tokenizer), str(out), config, quiet=True)
     seconds = time.perf_counter() - start
     m = result.manifest
-    return {"seconds": seconds, "documents": m["documents_read"], "tokens": m["tokens"],
-            "tokens_dropped": m["tokens_dropped"], "blocks": m["blocks"]}
+    return {
+        "seconds": seconds,
+        "documents": m["documents_read"],
+        "tokens": m["tokens"],
+        "tokens_dropped": m["tokens_dropped"],
+        "blocks": m["blocks"],
+    }
 
 
 def run_baseline(inputs: list[Path], tokenizer_dir: Path, block_size: int, work: Path) -> dict:
@@ -70,11 +82,13 @@ def run_baseline(inputs: list[Path], tokenizer_dir: Path, block_size: int, work:
     json_files = [str(p) for p in files if p.suffix == ".jsonl"]
     parts = []
     if text_files:
-        parts.append(load_dataset("text", data_files=text_files, sample_by="document", split="train",
-                                  cache_dir=str(cache)))
+        parts.append(
+            load_dataset("text", data_files=text_files, sample_by="document", split="train", cache_dir=str(cache))
+        )
     if json_files:
-        parts.append(load_dataset("json", data_files=json_files, split="train", cache_dir=str(cache))
-                     .select_columns(["text"]))
+        parts.append(
+            load_dataset("json", data_files=json_files, split="train", cache_dir=str(cache)).select_columns(["text"])
+        )
     dataset = concatenate_datasets(parts)
     dropped = 0
     total = 0
@@ -96,8 +110,13 @@ def run_baseline(inputs: list[Path], tokenizer_dir: Path, block_size: int, work:
 
     blocks = dataset.map(preprocess, batched=True, batch_size=1000, remove_columns=dataset.column_names)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "documents": len(dataset), "tokens": total, "tokens_dropped": dropped,
-            "blocks": len(blocks)}
+    return {
+        "seconds": seconds,
+        "documents": len(dataset),
+        "tokens": total,
+        "tokens_dropped": dropped,
+        "blocks": len(blocks),
+    }
 
 
 def main() -> None:
@@ -117,8 +136,11 @@ def main() -> None:
         from deepmoney.model_init import init_model
 
         tokenizer = work / "model"
-        corpus = [str(ROOT / "examples" / "corpus"), str(args.data / "cn_financial_laws"),
-                  str(args.data / "fomc_minutes")]
+        corpus = [
+            str(ROOT / "examples" / "corpus"),
+            str(args.data / "cn_financial_laws"),
+            str(args.data / "fomc_minutes"),
+        ]
         init_model([c for c in corpus if Path(c).exists()], str(tokenizer), load_config())
         ours, base = [], []
         for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike
@@ -131,20 +153,32 @@ def main() -> None:
     report = {
         "block_size": args.block_size,
         "inputs": [str(p) for p in inputs],
-        "build_pt": {"documents_per_s": median(ours, "documents"), "tokens_per_s": median(ours, "tokens"),
-                     "tokens_dropped": ours[0]["tokens_dropped"], "documents": ours[0]["documents"],
-                     "tokens": ours[0]["tokens"], "seconds": statistics.median(r["seconds"] for r in ours)},
-        "baseline": {"documents_per_s": median(base, "documents"), "tokens_per_s": median(base, "tokens"),
-                     "tokens_dropped": base[0]["tokens_dropped"], "documents": base[0]["documents"],
-                     "tokens": base[0]["tokens"], "seconds": statistics.median(r["seconds"] for r in base)},
+        "build_pt": {
+            "documents_per_s": median(ours, "documents"),
+            "tokens_per_s": median(ours, "tokens"),
+            "tokens_dropped": ours[0]["tokens_dropped"],
+            "documents": ours[0]["documents"],
+            "tokens": ours[0]["tokens"],
+            "seconds": statistics.median(r["seconds"] for r in ours),
+        },
+        "baseline": {
+            "documents_per_s": median(base, "documents"),
+            "tokens_per_s": median(base, "tokens"),
+            "tokens_dropped": base[0]["tokens_dropped"],
+            "documents": base[0]["documents"],
+            "tokens": base[0]["tokens"],
+            "seconds": statistics.median(r["seconds"] for r in base),
+        },
     }
     report["ratio_documents_per_s"] = report["build_pt"]["documents_per_s"] / report["baseline"]["documents_per_s"]
     report["ratio_tokens_per_s"] = report["build_pt"]["tokens_per_s"] / report["baseline"]["tokens_per_s"]
     b, o = report["baseline"], report["build_pt"]
     print(f"inputs: {', '.join(SUBSETS)} under {args.data}; block size {args.block_size}; median of {args.repeat}")
     print(f"{'':22}{'build-pt':>14}{'baseline':>14}{'ratio':>8}")
-    print(f"{'documents/s':22}{o['documents_per_s']:14.1f}{b['documents_per_s']:14.1f}"
-          f"{report['ratio_documents_per_s']:8.2f}")
+    print(
+        f"{'documents/s':22}{o['documents_per_s']:14.1f}{b['documents_per_s']:14.1f}"
+        f"{report['ratio_documents_per_s']:8.2f}"
+    )
     print(f"{'tokens/s':22}{o['tokens_per_s']:14.0f}{b['tokens_per_s']:14.0f}{report['ratio_tokens_per_s']:8.2f}")
     print(f"{'tokens dropped':22}{o['tokens_dropped']:14d}{b['tokens_dropped']:14d}")
     print(f"{'documents, tokens':22}{o['documents']:>7d},{o['tokens']:>7d}{b['documents']:>6d},{b['tokens']:>8d}")

@@ -22,6 +22,7 @@ def _init_worker(factory: Callable[[], Any]) -> None:
     # should react (it then terminates the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism; Rust threads would only contend
     _state = factory()
 
 

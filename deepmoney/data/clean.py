@@ -6,10 +6,10 @@ import re
 from collections import Counter
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u200c\u200d\u2060\ufeff\ufffe]")
-_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
-_TRAILING = re.compile(r"[ \t]+\n")
+# Runs of 2+ blanks, or one unusual blank: a lone ASCII space is left alone (matching it costs time).
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]{2,}|[\t\u00a0\u2000-\u200a\u202f\u205f\u3000]")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_SPACE_BEFORE_PUNCT = re.compile(r"(?<=[\w%)]) +(?=[,.;:!?%)](?:\s|$))")
+_SPACE_BEFORE_PUNCT = re.compile(r" +(?=[,.;:!?%)](?:\s|$))")
 
 # FOMC minutes (and many central-bank PDFs rendered to text) end with footnotes such as
 # "3. Attended Tuesday's session only. Return to text"; the links' labels survive as debris.
@@ -25,6 +25,7 @@ _PAGE_NUMBER = re.compile(
 
 _FULLWIDTH_ALNUM = {c: c - 0xFEE0 for c in [*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B)]}
 _CJK_CHAR = r"[\u3400-\u4dbf\u4e00-\u9fff]"
+_ANY_CJK = re.compile(_CJK_CHAR)
 _ASCII_TO_CJK_PUNCT = {",": "，", ";": "；", ":": "：", "?": "？", "!": "！", "(": "（", ")": "）"}
 # Between a Chinese character and a Chinese character or digit: "增长:5%" -> "增长：5%".
 _ASCII_PUNCT_IN_CJK = re.compile(rf"(?<={_CJK_CHAR})\s*([,;:?!])\s*(?={_CJK_CHAR}|\d)")
@@ -68,6 +69,8 @@ def normalize_cjk_punctuation(text: str) -> str:
     """Full-width letters/digits to ASCII; ASCII punctuation between Chinese characters to full width."""
     if _NEEDS_WIDTH_FIX.search(text):  # str.translate is slow; most English text needs none of it
         text = text.translate(_FULLWIDTH_ALNUM).translate(_VARIANT_PUNCT)
+    if not _ANY_CJK.search(text):
+        return text
     return _ASCII_PUNCT_IN_CJK.sub(lambda m: _ASCII_TO_CJK_PUNCT[m.group(1)], text)
 
 
@@ -79,6 +82,5 @@ def clean_text(text: str) -> str:
     text = normalize_cjk_punctuation(text)
     text = _SPACES.sub(" ", text)
     text = _SPACE_BEFORE_PUNCT.sub("", text)
-    text = _TRAILING.sub("\n", text)
     text = _BLANK_LINES.sub("\n\n", text)
     return "\n".join(line.strip() if not line.startswith("    ") else line for line in text.split("\n")).strip()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,9 +20,10 @@ from deepmoney.config import DedupConfig
 from deepmoney.data.text import cjk_ratio
 
 _MAX_HASH = np.uint64((1 << 32) - 1)
-_WORD_BYTES = re.compile(rb"[A-Za-z0-9_\x80-\xff]+")  # words of UTF-8 bytes; non-ASCII letters stay inside
+_EMPTY = np.uint64(np.iinfo(np.uint64).max)
+_WORD_BYTE = np.zeros(256, dtype=bool)  # bytes that belong to words: ASCII letters/digits, any non-ASCII
+_WORD_BYTE[[*range(48, 58), *range(65, 91), *range(97, 123), 95, *range(128, 256)]] = True
 _NOT_CJK_TEXT = re.compile(r"[\s\W_]+")
-_CHUNK = 65_536  # shingles per numpy pass: bounds memory to CHUNK * num_perm * 8 bytes
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,36 @@ def _normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+_P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible modulo 2**64
+_P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
+
+
+def _word_hashes(text: str) -> np.ndarray:
+    """A 64-bit hash per word (run of ASCII letters/digits or non-ASCII bytes), fully vectorised.
+
+    With S[k] = sum(b[i] * P**i for i < k), a word spanning [s, e) hashes to (S[e] - S[s]) * P**-s,
+    which depends only on the word's bytes: one prefix sum replaces a Python loop over words.
+    """
+    data = np.frombuffer(text.lower().encode("utf-8"), dtype=np.uint8)
+    if data.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    is_word = _WORD_BYTE[data]
+    edges = np.diff(is_word.astype(np.int8), prepend=0, append=0)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    if starts.size == 0:
+        return np.zeros(0, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        powers = np.empty(data.size + 1, dtype=np.uint64)
+        powers[0] = 1
+        np.multiply.accumulate(np.full(data.size, _P, dtype=np.uint64), out=powers[1:])
+        inverse = np.empty(data.size + 1, dtype=np.uint64)
+        inverse[0] = 1
+        np.multiply.accumulate(np.full(data.size, _P_INV, dtype=np.uint64), out=inverse[1:])
+        prefix = np.zeros(data.size + 1, dtype=np.uint64)
+        np.cumsum(data.astype(np.uint64) * powers[:-1], out=prefix[1:])
+        return (prefix[ends] - prefix[starts]) * inverse[starts]
+
+
 def shingle_hashes(text: str, word_ngram: int, cjk_ngram: int) -> np.ndarray:
     """Unique 64-bit hashes of the document's shingles (word n-grams, or character n-grams for CJK)."""
     if cjk_ratio(text) > 0.3:
@@ -52,9 +82,7 @@ def shingle_hashes(text: str, word_ngram: int, cjk_ngram: int) -> np.ndarray:
         units = np.frombuffer(chars.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         n = cjk_ngram
     else:
-        words = _WORD_BYTES.findall(text.lower().encode("utf-8"))
-        ids = {w: zlib.crc32(w) for w in set(words)}  # hash each distinct word once
-        units = np.fromiter(map(ids.__getitem__, words), dtype=np.uint64, count=len(words))
+        units = _word_hashes(text)
         n = word_ngram
     if units.size == 0:
         return units
@@ -77,23 +105,40 @@ def exact_key(text: str) -> str:
 
 
 class MinHasher:
-    """Computes MinHash signatures; cheap to build, picklable, so worker processes each have one."""
+    """Computes MinHash signatures; cheap to build, picklable, so worker processes each have one.
+
+    One-permutation hashing with rotation densification (Li et al. 2012; Shrivastava & Li 2014):
+    each shingle is hashed once, the hash picks one of `num_perm` bins and the bin keeps its minimum.
+    That is O(shingles) instead of the O(shingles * num_perm) of classic MinHash, with the same
+    property LSH relies on: two signatures agree in a position with probability ≈ their Jaccard
+    similarity. Empty bins (short documents) borrow from the next non-empty bin, offset by the
+    distance, so that they agree only when the same bin pattern occurs in both documents.
+    """
 
     def __init__(self, config: DedupConfig, seed: int = 1) -> None:
         self.config = config
         rng = np.random.default_rng(seed)
-        # Multiply-shift hashing (Dietzfelbinger): one multiply and one add per value, no modulo.
-        self._a = rng.integers(0, np.iinfo(np.uint64).max, size=config.num_perm, dtype=np.uint64) | np.uint64(1)
-        self._b = rng.integers(0, np.iinfo(np.uint64).max, size=config.num_perm, dtype=np.uint64)
+        self._a = np.uint64(int(rng.integers(0, 2**63)) * 2 + 1)  # odd multiplier: a bijection on uint64
+        self._b = np.uint64(int(rng.integers(0, 2**63)))
 
     def signature(self, text: str) -> np.ndarray:
         """The MinHash values (num_perm uint64) of `text`'s shingles."""
+        k = self.config.num_perm
         hashes = shingle_hashes(text, self.config.word_ngram, self.config.cjk_ngram)
-        values = np.full(self.config.num_perm, _MAX_HASH, dtype=np.uint64)
+        values = np.full(k, _EMPTY, dtype=np.uint64)
+        if hashes.size == 0:
+            return values
         with np.errstate(over="ignore"):
-            for start in range(0, hashes.size, _CHUNK):
-                permuted = (hashes[start : start + _CHUNK, None] * self._a + self._b) >> np.uint64(32)
-                values = np.minimum(values, permuted.min(axis=0))
+            mixed = hashes * self._a + self._b
+        np.minimum.at(values, (mixed >> np.uint64(32)) % np.uint64(k), mixed & _MAX_HASH)
+        empty = values == _EMPTY
+        if empty.any():
+            filled = np.flatnonzero(~empty)
+            position = np.arange(k)
+            after = np.searchsorted(filled, position)
+            source = filled[np.where(after == filled.size, 0, after)]
+            distance = (source - position) % k
+            values = values[source] + distance.astype(np.uint64) * np.uint64(1 << 32)
         return values
 
 

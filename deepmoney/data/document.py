@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -28,10 +28,17 @@ class Document:
 
     def to_index(self) -> dict[str, Any]:
         """The document's metadata without its text, for documents.jsonl."""
-        record = asdict(self)
-        record.pop("text")
-        record["doc_id"] = self.doc_id
-        return record
+        return {
+            "doc_id": self.doc_id,
+            "source": self.source,
+            "title": self.title,
+            "publisher": self.publisher,
+            "date": self.date,
+            "subject": self.subject,
+            "language": self.language,
+            "kind": self.kind,
+            "meta": self.meta,
+        }
 
 
 @dataclass

@@ -29,11 +29,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Task:
-    """A file to read, or (`lines` set) a chunk of a JSONL file. `last` marks the file's final task."""
+    """Some files to read, or (`lines` set) a chunk of one JSONL file.
 
-    ref: FileRef
+    Small files travel in groups: one round trip to a worker costs about as much as cleaning a
+    short statement. `files_done` is how many input files this task finishes (for progress).
+    """
+
+    refs: list[FileRef]
     lines: list[tuple[int, bytes]] | None = None
-    last: bool = True
+    files_done: int = 1
 
 
 @dataclass
@@ -53,7 +57,7 @@ class TaskResult:
     """What one task produced."""
 
     task: Task
-    items: list[Prepared | InputRejected]
+    items: list[tuple[FileRef, Prepared | InputRejected]]
 
 
 class DocumentProcessor:
@@ -69,30 +73,31 @@ class DocumentProcessor:
         self.hasher = MinHasher(config.data.dedup)
         self.encoder = Encoder(tokenizer, config.data.add_bos)
 
-    def __call__(self, task: Task) -> TaskResult:
+    def _read(self, ref: FileRef, lines: list[tuple[int, bytes]] | None) -> list[Document | InputRejected]:
         data = self.config.data
         try:
-            if task.lines is None:
-                raw = list(read_file(task.ref, self.storage, data, self.collections))
-            else:
-                raw = list(jsonl_records(task.ref.uri, task.lines, int(data.max_document_mb * 1e6)))
+            if lines is None:
+                return list(read_file(ref, self.storage, data, self.collections))
+            return list(jsonl_records(ref.uri, lines, int(data.max_document_mb * 1e6)))
         except StorageError as exc:
-            return TaskResult(task, [InputRejected(task.ref.uri, str(exc))])
+            return [InputRejected(ref.uri, str(exc))]
         except Exception as exc:  # a reader bug on one odd file must not end a day-long run
-            log.exception("failed to read %s", task.ref.uri)
-            return TaskResult(
-                task, [InputRejected(task.ref.uri, f"could not be processed ({type(exc).__name__}: {exc})")]
-            )
-        items: list[Prepared | InputRejected] = []
+            log.exception("failed to read %s", ref.uri)
+            return [InputRejected(ref.uri, f"could not be processed ({type(exc).__name__}: {exc})")]
+
+    def __call__(self, task: Task) -> TaskResult:
+        data = self.config.data
+        raw = [(ref, item) for ref in task.refs for item in self._read(ref, task.lines)]
+        items: list[tuple[FileRef, Prepared | InputRejected]] = []
         texts: list[str] = []
         owners: list[Prepared] = []
-        for item in raw:
+        for ref, item in raw:
             if isinstance(item, InputRejected):
-                items.append(item)
+                items.append((ref, item))
                 continue
             item.text = clean_text(item.text)
             prepared = Prepared(doc=item, chars=len(item.text))
-            items.append(prepared)
+            items.append((ref, prepared))
             if prepared.chars < data.min_chars:
                 continue
             if data.dedup.enabled:
@@ -105,7 +110,7 @@ class DocumentProcessor:
             owners.append(prepared)
         for prepared, ids in zip(owners, self.encoder.encode_many(texts), strict=True):
             prepared.ids = ids
-        for item in items:
+        for _, item in items:
             if isinstance(item, Prepared):
                 item.doc.text = ""
         return TaskResult(task, items)

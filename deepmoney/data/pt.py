@@ -111,19 +111,30 @@ def _existing_manifest(storage: Storage, output: str) -> dict[str, Any] | None:
         return None
 
 
-def _tasks(files: list[FileRef], storage: Storage, records_per_task: int) -> Iterator[Task]:
+def _tasks(files: list[FileRef], storage: Storage, records_per_task: int, group_bytes: int = 1 << 18) -> Iterator[Task]:
+    group: list[FileRef] = []
+    size = 0
     for ref in files:
         if FORMATS.get(Path(ref.uri).suffix.lower()) != "jsonl" or ref.size == 0:
-            yield Task(ref)
+            group.append(ref)
+            size += ref.size
+            if size >= group_bytes or len(group) >= 64:
+                yield Task(group, files_done=len(group))
+                group, size = [], 0
             continue
+        if group:
+            yield Task(group, files_done=len(group))
+            group, size = [], 0
         previous: Task | None = None
         for chunk in jsonl_chunks(ref.uri, storage, records_per_task):
             if previous is not None:
                 yield previous
-            previous = Task(ref, chunk, last=False)
+            previous = Task([ref], chunk, files_done=0)
         if previous is not None:
-            previous.last = True
+            previous.files_done = 1
             yield previous
+    if group:
+        yield Task(group, files_done=len(group))
 
 
 def build_pt(
@@ -175,8 +186,8 @@ def build_pt(
                 dedup = Deduplicator(config.data.dedup)
                 for result in results:
                     _take(result, dedup, packer, writer, index, progress, config, strict)
-                    if result.task.last:
-                        bar.update(1)
+                    if result.task.files_done:
+                        bar.update(result.task.files_done)
                         bar.set_postfix(docs=progress.documents, tokens=packer.tokens_in, refresh=False)
             tokens_dropped = packer.finish()
             shards = writer.close()
@@ -229,8 +240,8 @@ def _take(
     strict: bool,
 ) -> None:
     """Keep or drop each document of one task's result, in order; pack and index the kept ones."""
-    counts = progress.per_file.setdefault(result.task.ref.uri, {"documents": 0, "rejected": 0, "dropped": 0})
-    for item in result.items:
+    for ref, item in result.items:
+        counts = progress.per_file.setdefault(ref.uri, {"documents": 0, "rejected": 0, "dropped": 0})
         if isinstance(item, InputRejected):
             if strict:
                 raise UserError(f"{item.path}: {item.reason} (--strict stops at the first bad input)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,18 @@ SCHEMA = pa.schema(
         pa.field("segment_offsets", pa.list_(pa.int32())),
     ]
 )
+
+
+def _lists(rows: list) -> pa.ListArray:
+    """A list<int32> column from rows of ints, built from flat arrays (Python lists of lists are slow)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    if rows and isinstance(rows[0], np.ndarray):
+        values = np.concatenate(rows).astype(np.int32, copy=False)
+    else:
+        values = np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 class ShardWriter:
@@ -54,14 +67,12 @@ class ShardWriter:
                 self._rows_in_shard = 0
             take = min(len(self._pending), self.shard_rows - self._rows_in_shard)
             batch, self._pending = self._pending[:take], self._pending[take:]
-            values = pa.array(np.concatenate([b.input_ids for b in batch]), type=pa.int32())
-            offsets = pa.array(np.cumsum([0] + [b.input_ids.size for b in batch], dtype=np.int32))
             table = pa.table(
                 {
-                    "input_ids": pa.ListArray.from_arrays(offsets, values),
-                    "segment_starts": [b.segment_starts for b in batch],
-                    "segment_docs": [b.segment_docs for b in batch],
-                    "segment_offsets": [b.segment_offsets for b in batch],
+                    "input_ids": _lists([b.input_ids for b in batch]),
+                    "segment_starts": _lists([b.segment_starts for b in batch]),
+                    "segment_docs": _lists([b.segment_docs for b in batch]),
+                    "segment_offsets": _lists([b.segment_offsets for b in batch]),
                 },
                 schema=SCHEMA,
             )

@@ -31,7 +31,10 @@ _FIGURE = re.compile(
     r"|[-+]?\d[\d,]*(?:\.\d+)?\s?(?:%|percent|per cent|bp|bps|basis points|bn|billion|million|trillion"
     r"|亿元|万亿元|万亿|亿|万元|元|美元|个基点|倍|x)(?![A-Za-z]))"
 )
-_HEAD_CHARS = 30_000
+_HEAD_CHARS = 12_000
+_CLAUSE_END = re.compile(r"[。；;！？!?\n]|(?<=\.)\s")
+_ZH_COMMA = re.compile(r"[，,、：:]")
+_YEAR = re.compile(r"(19|20)\d{2}")
 _LABELS = {
     "en": ("Title", "Publisher", "Date", "Subject", "Key figures", "Summary"),
     "zh": ("标题", "发布机构", "日期", "主题", "关键数据", "摘要"),
@@ -75,7 +78,7 @@ class Summarizer(Protocol):
 
 
 def _terms(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text) if w.lower() not in _STOPWORDS]
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
 
 
 def key_figures(text: str, limit: int, language: str | None) -> list[str]:
@@ -84,16 +87,15 @@ def key_figures(text: str, limit: int, language: str | None) -> list[str]:
     seen: set[str] = set()
     for match in _FIGURE.finditer(text):
         figure = match.group(0).strip()
-        if figure in seen or re.fullmatch(r"(19|20)\d{2}", figure):
+        if figure in seen or _YEAR.fullmatch(figure):
             continue
         seen.add(figure)
         before = text[max(0, match.start() - 60) : match.start()]
-        before = re.split(r"[。；;！？!?\n]|(?<=\.)\s", before)[-1]
+        before = _CLAUSE_END.split(before)[-1]
         if language == "zh":
-            context = re.split(r"[，,、：:]", before)[-1][-12:].strip()
+            found.append(_ZH_COMMA.split(before)[-1][-12:].strip() + figure)
         else:
-            context = " ".join(before.split()[-4:])
-        found.append(f"{context} {figure}".strip() if language != "zh" else f"{context}{figure}")
+            found.append(f"{' '.join(before.split()[-4:])} {figure}".strip())
         if len(found) >= limit:
             break
     return found
@@ -111,7 +113,7 @@ class ExtractiveSummarizer:
         """Pick `max_sentences` sentences that carry the document's most frequent terms."""
         text = doc.text[:_HEAD_CHARS]  # who, what and when are said at the start of a report
         body = "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(("#", "|")))
-        sentences = [s for s in split_sentences(body) if 20 <= len(s) <= 400][:400]
+        sentences = [s for s in split_sentences(body) if 20 <= len(s) <= 400][:60]
         terms = [_terms(sentence) for sentence in sentences]
         freq = Counter(t for sentence_terms in terms for t in sentence_terms)
         scored = []
