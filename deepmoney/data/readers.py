@@ -372,7 +372,9 @@ def jsonl_chunks(uri: str, storage: Storage, size: int) -> Iterator[list[tuple[i
     """The numbered lines of a JSONL file or object, streamed in chunks of `size` lines."""
     chunk: list[tuple[int, bytes]] = []
     with storage.open_read(uri) as stream:
-        for number, raw in enumerate(stream, start=1):
+        # An S3 body iterates in fixed-size chunks, not lines; a local file iterates in lines.
+        lines = stream.iter_lines(keepends=True) if hasattr(stream, "iter_lines") else stream
+        for number, raw in enumerate(lines, start=1):
             chunk.append((number, raw))
             if len(chunk) >= size:
                 yield chunk

@@ -1,0 +1,30 @@
+"""The README's first command runs `deepmoney quickstart`: the main job on the embedded default."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLE_CORPUS, assert_clean_error, run_cli
+
+
+@pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), reason="sample corpus not present")
+def test_quickstart_builds_the_pt_corpus_and_reuses_it(tmp_path: Path) -> None:
+    workdir = tmp_path / "qs"
+    first = run_cli("--quiet", "quickstart", "--workdir", str(workdir))
+    assert first.returncode == 0, first.stderr
+    assert "deepmoney quickstart" in first.stdout and "first block" in first.stdout
+    manifest = json.loads((workdir / "pt" / "manifest.json").read_text())
+    assert manifest["documents"] >= 20 and manifest["rejected"] == 0 and manifest["dedup_removed"] >= 1
+    assert f"{manifest['tokens']} in {manifest['blocks']} blocks" in first.stdout
+    model = json.loads((workdir / "base-model" / "manifest.json").read_text())
+    assert model["architecture"] == "LlamaForCausalLM"
+    second = run_cli("--quiet", "quickstart", "--workdir", str(workdir))
+    assert second.returncode == 0 and "(reused)" in second.stdout
+
+
+def test_quickstart_with_a_missing_corpus(tmp_path: Path) -> None:
+    result = run_cli("quickstart", "--workdir", str(tmp_path), "--corpus", str(tmp_path / "none"))
+    assert_clean_error(result, "corpus directory not found")

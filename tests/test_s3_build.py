@@ -1,0 +1,132 @@
+"""build-pt with inputs and output on S3 (moto server on loopback, real boto3, the real CLI)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import S3Endpoint, assert_clean_error, run_cli
+from tests.test_pt import make_corpus
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def s3_corpus(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory) -> str:
+    corpus = make_corpus(tmp_path_factory.mktemp("s3corpus"))
+    client = s3_endpoint.client()
+    client.create_bucket(Bucket="reports")
+    for path in sorted(corpus.iterdir()):
+        client.upload_file(str(path), "reports", f"2026/{path.name}")
+    return "s3://reports/2026/"
+
+
+def test_build_from_s3_to_s3(s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model: Path, tmp_path: Path) -> None:
+    client = s3_endpoint.client()
+    client.create_bucket(Bucket="corpora")
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        s3_corpus,
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "64",
+        "--output",
+        "s3://corpora/pt/v1",
+        "--quiet",
+        env=s3_endpoint.env,
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads(client.get_object(Bucket="corpora", Key="pt/v1/manifest.json")["Body"].read())
+    assert manifest["documents"] == 7 and manifest["rejected"] == 5
+    assert all(entry["etag"] for entry in manifest["inputs"])
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="corpora", Prefix="pt/v1/")["Contents"]}
+    assert {f"pt/v1/{f['path']}" for f in manifest["files"]} | {"pt/v1/manifest.json"} == keys
+    for key in sorted(k for k in keys if k.endswith(".parquet")):
+        client.download_file("corpora", key, str(tmp_path / Path(key).name))
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(sorted(tmp_path.glob("*.parquet"))).num_rows
+    assert rows == manifest["blocks"]
+    again = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        s3_corpus,
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "64",
+        "--output",
+        "s3://corpora/pt/v1",
+        "--quiet",
+        env=s3_endpoint.env,
+    )
+    assert again.returncode == 0 and "reused" in again.stdout
+
+
+def test_tokenizer_from_s3(s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model: Path, tmp_path: Path) -> None:
+    client = s3_endpoint.client()
+    client.create_bucket(Bucket="models")
+    for path in tiny_model.iterdir():
+        client.upload_file(str(path), "models", f"tiny/{path.name}")
+    out = tmp_path / "out"
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        s3_corpus,
+        "--tokenizer",
+        "s3://models/tiny",
+        "--block-size",
+        "64",
+        "--output",
+        str(out),
+        "--quiet",
+        env=s3_endpoint.env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "manifest.json").read_text())["tokenizer"]["uri"] == "s3://models/tiny"
+
+
+def test_missing_input_bucket_is_recorded(
+    s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        s3_corpus,
+        "s3://no-such-bucket/x/",
+        "--tokenizer",
+        str(tiny_model),
+        "--output",
+        str(out),
+        "--quiet",
+        env=s3_endpoint.env,
+    )
+    assert result.returncode == 0, result.stderr
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").open()]
+    assert any(r["path"] == "s3://no-such-bucket/x/" and "does not exist" in r["reason"] for r in rejected)
+
+
+def test_missing_output_bucket_fails_before_any_work(s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model: Path) -> None:
+    result = run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        s3_corpus,
+        "--tokenizer",
+        str(tiny_model),
+        "--output",
+        "s3://missing-out/pt",
+        "--quiet",
+        env=s3_endpoint.env,
+    )
+    assert_clean_error(result, "bucket 'missing-out' does not exist")
+    assert len(result.stderr.strip().splitlines()) == 1
