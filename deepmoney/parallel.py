@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -24,6 +25,9 @@ def _init_worker(factory: Callable[[], Any]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism; Rust threads would only contend
     _state = factory()
+    # Workers allocate many short-lived lists and strings; collecting cycles less often saves
+    # several percent of their time (documents are freed by reference counting anyway).
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _call(task: Any) -> Any:
@@ -55,6 +59,9 @@ def ordered_map(
         return
     window = window or 4 * workers
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # Objects that exist now are shared with the forked workers; keeping the garbage collector off
+    # them avoids copying every page it would touch (copy-on-write) in each worker.
+    gc.freeze()
     pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=(factory,))
     pending: deque = deque()
     finished = False
@@ -72,3 +79,4 @@ def ordered_map(
         else:
             pool.terminate()
         pool.join()
+        gc.unfreeze()

@@ -40,11 +40,15 @@ class _Heading:
 
 
 def _markdown_headings(text: str) -> list[_Heading]:
+    if "#" not in text:
+        return []
     return [_Heading(m.start(), m.end(), len(m.group(1)), m.group(2).strip()) for m in _MD_HEADING.finditer(text)]
 
 
 def _numbered_headings(text: str) -> list[_Heading]:
     found: list[_Heading] = []
+    if text.count("\n", 0, 200_000) < 2:  # a heading needs a line of its own
+        return found
     for level, pattern in enumerate(_NUMBERED, start=1):
         for m in pattern.finditer(text):
             line = m.group(0).strip()

@@ -25,7 +25,7 @@ _PAGE_NUMBER = re.compile(
 
 _FULLWIDTH_ALNUM = {c: c - 0xFEE0 for c in [*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B)]}
 _CJK_CHAR = r"[\u3400-\u4dbf\u4e00-\u9fff]"
-_ANY_CJK = re.compile(_CJK_CHAR)
+_ANY_WIDE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uff10-\uff5a﹐﹑﹔﹕﹖﹗｡､]")
 _ASCII_TO_CJK_PUNCT = {",": "，", ";": "；", ":": "：", "?": "？", "!": "！", "(": "（", ")": "）"}
 # Between a Chinese character and a Chinese character or digit: "增长:5%" -> "增长：5%".
 _ASCII_PUNCT_IN_CJK = re.compile(rf"(?<={_CJK_CHAR})\s*([,;:?!])\s*(?={_CJK_CHAR}|\d)")
@@ -67,10 +67,10 @@ def remove_footnote_debris(text: str) -> str:
 
 def normalize_cjk_punctuation(text: str) -> str:
     """Full-width letters/digits to ASCII; ASCII punctuation between Chinese characters to full width."""
-    if _NEEDS_WIDTH_FIX.search(text):  # str.translate is slow; most English text needs none of it
-        text = text.translate(_FULLWIDTH_ALNUM).translate(_VARIANT_PUNCT)
-    if not _ANY_CJK.search(text):
+    if not _ANY_WIDE.search(text):  # one scan settles it for most English text
         return text
+    if _NEEDS_WIDTH_FIX.search(text):  # str.translate is slow; only pay for it when needed
+        text = text.translate(_FULLWIDTH_ALNUM).translate(_VARIANT_PUNCT)
     return _ASCII_PUNCT_IN_CJK.sub(lambda m: _ASCII_TO_CJK_PUNCT[m.group(1)], text)
 
 

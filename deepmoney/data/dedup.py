@@ -49,6 +49,24 @@ _P = np.uint64(0x100000001B3)  # FNV prime: odd, so invertible modulo 2**64
 _P_INV = np.uint64(pow(int(_P), -1, 1 << 64))
 
 
+_POWER_TABLES: list[np.ndarray] = []
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """P**i and P**-i (mod 2**64) for i < n, from a table that grows as longer texts arrive."""
+    if not _POWER_TABLES or _POWER_TABLES[0].size < n:
+        size = max(n, 1 << 16, 2 * (_POWER_TABLES[0].size if _POWER_TABLES else 0))
+        tables = []
+        with np.errstate(over="ignore"):
+            for base in (_P, _P_INV):
+                table = np.empty(size, dtype=np.uint64)
+                table[0] = 1
+                np.multiply.accumulate(np.full(size - 1, base, dtype=np.uint64), out=table[1:])
+                tables.append(table)
+        _POWER_TABLES[:] = tables
+    return _POWER_TABLES[0][:n], _POWER_TABLES[1][:n]
+
+
 def _word_hashes(text: str) -> np.ndarray:
     """A 64-bit hash per word (run of ASCII letters/digits or non-ASCII bytes), fully vectorised.
 
@@ -63,13 +81,8 @@ def _word_hashes(text: str) -> np.ndarray:
     starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     if starts.size == 0:
         return np.zeros(0, dtype=np.uint64)
+    powers, inverse = _powers(data.size + 1)
     with np.errstate(over="ignore"):
-        powers = np.empty(data.size + 1, dtype=np.uint64)
-        powers[0] = 1
-        np.multiply.accumulate(np.full(data.size, _P, dtype=np.uint64), out=powers[1:])
-        inverse = np.empty(data.size + 1, dtype=np.uint64)
-        inverse[0] = 1
-        np.multiply.accumulate(np.full(data.size, _P_INV, dtype=np.uint64), out=inverse[1:])
         prefix = np.zeros(data.size + 1, dtype=np.uint64)
         np.cumsum(data.astype(np.uint64) * powers[:-1], out=prefix[1:])
         return (prefix[ends] - prefix[starts]) * inverse[starts]
