@@ -103,7 +103,7 @@ def model_init(
 
 def data_build_pt(
     ctx: typer.Context,
-    input: Annotated[list[str], typer.Option("--input", "-i", help="Files, directories or s3:// URIs.")],
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help="Files, directories or s3:// URIs.")],
     tokenizer: Annotated[str, typer.Option("--tokenizer", help="Model or tokenizer directory (path or s3://).")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output directory or s3:// prefix.")],
     block_size: Annotated[int | None, typer.Option("--block-size", help="Tokens per packed block.")] = None,
@@ -117,7 +117,7 @@ def data_build_pt(
 
     options = _global(ctx)
     config = load_config(options.config, overrides_from_flags(**{"data.block_size": block_size}))
-    result = build_pt(input, tokenizer, output, config, strict=strict, quiet=quiet or options.quiet)
+    result = build_pt(inputs, tokenizer, output, config, strict=strict, quiet=quiet or options.quiet)
     typer.echo(_pt_summary(result.manifest, result.output, result.reused))
 
 

@@ -355,4 +355,4 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return pid != os.getpid()
+    return True

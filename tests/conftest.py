@@ -46,6 +46,30 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def build_pt_cli(
+    inputs: list,
+    tokenizer: object,
+    output: object,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> CliResult:
+    """`deepmoney data build-pt --input ... --tokenizer T --output O FLAGS` through the real CLI."""
+    return run_cli(
+        "data",
+        "build-pt",
+        "--input",
+        *map(str, inputs),
+        "--tokenizer",
+        str(tokenizer),
+        "--output",
+        str(output),
+        *flags,
+        env=env,
+        timeout=timeout,
+    )
+
+
 def assert_clean_error(result: CliResult, *needles: str) -> None:
     """A user error: non-zero exit, no traceback, and a message that names what was wrong."""
     assert result.returncode != 0, result.stdout

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from tests.conftest import ROOT, SAMPLE_CORPUS, assert_clean_error, run_cli
+from tests.conftest import ROOT, SAMPLE_CORPUS, assert_clean_error, build_pt_cli, run_cli
 from tests.test_readers import make_pdf
 
 UNIQUE = {
@@ -82,19 +82,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> tuple[P
     base = tmp_path_factory.mktemp("pt")
     corpus = make_corpus(base / "corpus")
     output = base / "out"
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(corpus),
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "64",
-        "--output",
-        str(output),
-        "--quiet",
-    )
+    result = build_pt_cli([str(corpus)], str(tiny_model), str(output), "--block-size", "64", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "pt corpus written" in result.stdout
     return corpus, output
@@ -171,35 +159,11 @@ def test_loadable_with_datasets(built: tuple[Path, Path], tmp_path: Path) -> Non
 def test_rerun_reuses_and_config_change_rebuilds(built: tuple[Path, Path], tiny_model: Path, tmp_path: Path) -> None:
     corpus, output = built
     before = json.loads((output / "manifest.json").read_text())
-    again = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(corpus),
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "64",
-        "--output",
-        str(output),
-        "--quiet",
-    )
+    again = build_pt_cli([str(corpus)], str(tiny_model), str(output), "--block-size", "64", "--quiet")
     assert again.returncode == 0 and "reused" in again.stdout
     assert json.loads((output / "manifest.json").read_text())["created_at"] == before["created_at"]
     copy = tmp_path / "copy"
-    run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(corpus),
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "16",
-        "--output",
-        str(copy),
-        "--quiet",
-    )
+    build_pt_cli([str(corpus)], str(tiny_model), str(copy), "--block-size", "16", "--quiet")
     config = tmp_path / "c.yaml"
     config.write_text("data:\n  shard_rows: 50\n")
     rebuilt = run_cli(
@@ -226,18 +190,7 @@ def test_rerun_reuses_and_config_change_rebuilds(built: tuple[Path, Path], tiny_
 
 def test_strict_stops_at_the_first_bad_input(built: tuple[Path, Path], tiny_model: Path, tmp_path: Path) -> None:
     corpus, _ = built
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(corpus),
-        "--tokenizer",
-        str(tiny_model),
-        "--output",
-        str(tmp_path / "strict"),
-        "--strict",
-        "--quiet",
-    )
+    result = build_pt_cli([str(corpus)], str(tiny_model), str(tmp_path / "strict"), "--strict", "--quiet")
     assert_clean_error(result, "broken.pdf", "--strict")
     assert not (tmp_path / "strict").exists()
     assert not list(tmp_path.glob(".strict.staging-*"))
@@ -250,20 +203,8 @@ def test_missing_and_oversized_inputs_are_recorded(tiny_model: Path, tmp_path: P
     with open(huge, "wb") as handle:  # a 50 MB file on a single line
         handle.write(b"rates " * (50_000_000 // 6))
     out = tmp_path / "out"
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(good),
-        str(huge),
-        str(tmp_path / "missing.md"),
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "32",
-        "--output",
-        str(out),
-        "--quiet",
+    result = build_pt_cli(
+        [str(good), str(huge), str(tmp_path / "missing.md")], str(tiny_model), str(out), "--block-size", "32", "--quiet"
     )
     assert result.returncode == 0, result.stderr
     rejected = {Path(r["path"]).name: r["reason"] for r in map(json.loads, (out / "rejected.jsonl").open())}
@@ -276,17 +217,12 @@ def test_a_large_single_line_document_is_tokenized_in_pieces(tiny_model: Path, t
     line = tmp_path / "one_line.txt"
     line.write_text(" ".join(_filler(i, 50) for i in range(600)), encoding="utf-8")  # ≈ 1.3 MB, no newline
     out = tmp_path / "out"
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(line),
-        "--tokenizer",
+    result = build_pt_cli(
+        [str(line)],
         str(tiny_model),
+        str(out),
         "--block-size",
         "512",
-        "--output",
-        str(out),
         "--quiet",
         env={"DEEPMONEY_DATA__SUMMARY__ENABLED": "false"},
     )
@@ -302,17 +238,7 @@ def test_no_usable_documents_is_an_error_with_a_report(tiny_model: Path, tmp_pat
     bad.mkdir()
     (bad / "x.bin").write_bytes(b"\x00\x01")
     (bad / "tiny.md").write_text("too short")
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(bad),
-        "--tokenizer",
-        str(tiny_model),
-        "--output",
-        str(tmp_path / "out"),
-        "--quiet",
-    )
+    result = build_pt_cli([str(bad)], str(tiny_model), str(tmp_path / "out"), "--quiet")
     assert_clean_error(result, "no usable documents", "1 rejected", "1 dropped")
     assert (tmp_path / "out" / "rejected.jsonl").exists()
     assert not (tmp_path / "out" / "manifest.json").exists()
@@ -322,14 +248,9 @@ def test_llm_summarizer_role_is_not_silently_ignored(
     built: tuple[Path, Path], tiny_model: Path, tmp_path: Path
 ) -> None:
     corpus, _ = built
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(corpus),
-        "--tokenizer",
+    result = build_pt_cli(
+        [str(corpus)],
         str(tiny_model),
-        "--output",
         str(tmp_path / "out"),
         env={"DEEPMONEY_SUMMARIZER__ENDPOINT": "http://127.0.0.1:1/v1#m"},
     )
@@ -379,18 +300,8 @@ def test_interrupted_run_leaves_no_half_written_output(tiny_model: Path, tmp_pat
 
 @pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), reason="sample corpus not present")
 def test_sample_corpus_builds_cleanly(tiny_model: Path, tmp_path: Path) -> None:
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        str(SAMPLE_CORPUS),
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "128",
-        "--output",
-        str(tmp_path / "out"),
-        "--quiet",
+    result = build_pt_cli(
+        [str(SAMPLE_CORPUS)], str(tiny_model), str(tmp_path / "out"), "--block-size", "128", "--quiet"
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

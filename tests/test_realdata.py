@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from tests.conftest import run_cli
+from tests.conftest import build_pt_cli
 
 pytestmark = pytest.mark.realdata
 BLOCK = 512
@@ -45,19 +45,8 @@ def real_build(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> di
         planted,
     ]
     out = base / "out"
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        *map(str, inputs),
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        str(BLOCK),
-        "--output",
-        str(out),
-        "--quiet",
-        timeout=600,
+    result = build_pt_cli(
+        list(map(str, inputs)), str(tiny_model), str(out), "--block-size", str(BLOCK), "--quiet", timeout=600
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import S3Endpoint, assert_clean_error, run_cli
+from tests.conftest import S3Endpoint, assert_clean_error, build_pt_cli
 from tests.test_pt import make_corpus
 
 pytestmark = pytest.mark.integration
@@ -26,19 +26,8 @@ def s3_corpus(s3_endpoint: S3Endpoint, tmp_path_factory: pytest.TempPathFactory)
 def test_build_from_s3_to_s3(s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model: Path, tmp_path: Path) -> None:
     client = s3_endpoint.client()
     client.create_bucket(Bucket="corpora")
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        s3_corpus,
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "64",
-        "--output",
-        "s3://corpora/pt/v1",
-        "--quiet",
-        env=s3_endpoint.env,
+    result = build_pt_cli(
+        [s3_corpus], str(tiny_model), "s3://corpora/pt/v1", "--block-size", "64", "--quiet", env=s3_endpoint.env
     )
     assert result.returncode == 0, result.stderr
     manifest = json.loads(client.get_object(Bucket="corpora", Key="pt/v1/manifest.json")["Body"].read())
@@ -52,19 +41,8 @@ def test_build_from_s3_to_s3(s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model
 
     rows = pq.read_table(sorted(tmp_path.glob("*.parquet"))).num_rows
     assert rows == manifest["blocks"]
-    again = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        s3_corpus,
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "64",
-        "--output",
-        "s3://corpora/pt/v1",
-        "--quiet",
-        env=s3_endpoint.env,
+    again = build_pt_cli(
+        [s3_corpus], str(tiny_model), "s3://corpora/pt/v1", "--block-size", "64", "--quiet", env=s3_endpoint.env
     )
     assert again.returncode == 0 and "reused" in again.stdout
 
@@ -75,19 +53,8 @@ def test_tokenizer_from_s3(s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model: 
     for path in tiny_model.iterdir():
         client.upload_file(str(path), "models", f"tiny/{path.name}")
     out = tmp_path / "out"
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        s3_corpus,
-        "--tokenizer",
-        "s3://models/tiny",
-        "--block-size",
-        "64",
-        "--output",
-        str(out),
-        "--quiet",
-        env=s3_endpoint.env,
+    result = build_pt_cli(
+        [s3_corpus], "s3://models/tiny", str(out), "--block-size", "64", "--quiet", env=s3_endpoint.env
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "manifest.json").read_text())["tokenizer"]["uri"] == "s3://models/tiny"
@@ -97,18 +64,8 @@ def test_missing_input_bucket_is_recorded(
     s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        s3_corpus,
-        "s3://no-such-bucket/x/",
-        "--tokenizer",
-        str(tiny_model),
-        "--output",
-        str(out),
-        "--quiet",
-        env=s3_endpoint.env,
+    result = build_pt_cli(
+        [s3_corpus, "s3://no-such-bucket/x/"], str(tiny_model), str(out), "--quiet", env=s3_endpoint.env
     )
     assert result.returncode == 0, result.stderr
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").open()]
@@ -116,17 +73,6 @@ def test_missing_input_bucket_is_recorded(
 
 
 def test_missing_output_bucket_fails_before_any_work(s3_endpoint: S3Endpoint, s3_corpus: str, tiny_model: Path) -> None:
-    result = run_cli(
-        "data",
-        "build-pt",
-        "--input",
-        s3_corpus,
-        "--tokenizer",
-        str(tiny_model),
-        "--output",
-        "s3://missing-out/pt",
-        "--quiet",
-        env=s3_endpoint.env,
-    )
+    result = build_pt_cli([s3_corpus], str(tiny_model), "s3://missing-out/pt", "--quiet", env=s3_endpoint.env)
     assert_clean_error(result, "bucket 'missing-out' does not exist")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -54,6 +54,7 @@ def test_staging_left_by_a_killed_run_is_cleaned(tmp_path: Path) -> None:
     with Storage().staging_dir(tmp_path / "out"):
         pass
     assert not stale.exists()
+    assert live.exists()  # a staging directory of a running process is left alone
 
 
 def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:
