@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from deepmoney.config import DataConfig
 from deepmoney.data.clean import clean_text
 from deepmoney.data.document import Document
-from deepmoney.data.readers import CollectionIndex, is_collection, read_file
+from deepmoney.data.readers import CollectionIndex, is_collection, jsonl_records, read_file
 from deepmoney.errors import InputRejected, UserError
 from deepmoney.storage import FileRef, Storage, StorageError
 
@@ -57,18 +57,32 @@ def load_collections(refs: list[FileRef], storage: Storage) -> CollectionIndex:
     return index
 
 
-def iter_documents(
-    files: list[FileRef], storage: Storage, config: DataConfig, collections: CollectionIndex | None = None
-) -> Iterator[tuple[FileRef, Document | InputRejected]]:
-    """Read and clean each file's documents in order; rejections are yielded, not raised."""
-    for ref in files:
-        try:
-            for item in read_file(ref, storage, config, collections):
-                if isinstance(item, Document):
-                    item.text = clean_text(item.text)
-                yield ref, item
-        except StorageError as exc:
-            yield ref, InputRejected(ref.uri, str(exc).removeprefix(f"{ref.uri}: "))
+def read_documents(
+    ref: FileRef,
+    storage: Storage,
+    config: DataConfig,
+    collections: CollectionIndex | None = None,
+    lines: list[tuple[int, bytes]] | None = None,
+) -> list[Document | InputRejected]:
+    """The cleaned documents of one file (or of some numbered lines of a JSONL file).
+
+    Problems come back as InputRejected records, never as exceptions: a reader bug on one odd file
+    must not end a day-long run.
+    """
+    try:
+        if lines is None:
+            items = list(read_file(ref, storage, config, collections))
+        else:
+            items = list(jsonl_records(ref.uri, lines, int(config.max_document_mb * 1e6)))
+    except StorageError as exc:
+        return [InputRejected(ref.uri, str(exc))]
+    except Exception as exc:
+        log.exception("failed to read %s", ref.uri)
+        return [InputRejected(ref.uri, f"could not be processed ({type(exc).__name__}: {exc})")]
+    for item in items:
+        if isinstance(item, Document):
+            item.text = clean_text(item.text)
+    return items
 
 
 def iter_texts(inputs: list[str], storage: Storage, config: DataConfig) -> Iterator[str]:
@@ -79,7 +93,7 @@ def iter_texts(inputs: list[str], storage: Storage, config: DataConfig) -> Itera
     if not resolved.files:
         raise UserError(f"no input files found under {', '.join(inputs)}")
     collections = load_collections(resolved.collections, storage)
-    for _, item in iter_documents(resolved.files, storage, config, collections):
+    for item in (doc for ref in resolved.files for doc in read_documents(ref, storage, config, collections)):
         if isinstance(item, Document):
             yield item.text
         else:

@@ -8,23 +8,20 @@ main process only makes the order-dependent decisions (dedup), packs and writes.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from deepmoney.config import DeepmoneyConfig
 from deepmoney.data.chapters import split_chapters
-from deepmoney.data.clean import clean_text
 from deepmoney.data.dedup import MinHasher, exact_key
 from deepmoney.data.document import Document
-from deepmoney.data.readers import CollectionIndex, jsonl_records, read_file
+from deepmoney.data.ingest import read_documents
+from deepmoney.data.readers import CollectionIndex
 from deepmoney.data.summarize import make_summarizer, pt_text
 from deepmoney.data.tokenize import Encoder, TokenizerSpec
 from deepmoney.errors import InputRejected
-from deepmoney.storage import FileRef, Storage, StorageError
-
-log = logging.getLogger(__name__)
+from deepmoney.storage import FileRef, Storage
 
 
 @dataclass
@@ -73,21 +70,13 @@ class DocumentProcessor:
         self.hasher = MinHasher(config.data.dedup)
         self.encoder = Encoder(tokenizer, config.data.add_bos)
 
-    def _read(self, ref: FileRef, lines: list[tuple[int, bytes]] | None) -> list[Document | InputRejected]:
-        data = self.config.data
-        try:
-            if lines is None:
-                return list(read_file(ref, self.storage, data, self.collections))
-            return list(jsonl_records(ref.uri, lines, int(data.max_document_mb * 1e6)))
-        except StorageError as exc:
-            return [InputRejected(ref.uri, str(exc))]
-        except Exception as exc:  # a reader bug on one odd file must not end a day-long run
-            log.exception("failed to read %s", ref.uri)
-            return [InputRejected(ref.uri, f"could not be processed ({type(exc).__name__}: {exc})")]
-
     def __call__(self, task: Task) -> TaskResult:
         data = self.config.data
-        raw = [(ref, item) for ref in task.refs for item in self._read(ref, task.lines)]
+        raw = [
+            (ref, item)
+            for ref in task.refs
+            for item in read_documents(ref, self.storage, data, self.collections, task.lines)
+        ]
         items: list[tuple[FileRef, Prepared | InputRejected]] = []
         texts: list[str] = []
         owners: list[Prepared] = []
@@ -95,7 +84,6 @@ class DocumentProcessor:
             if isinstance(item, InputRejected):
                 items.append((ref, item))
                 continue
-            item.text = clean_text(item.text)
             prepared = Prepared(doc=item, chars=len(item.text))
             items.append((ref, prepared))
             if prepared.chars < data.min_chars:
