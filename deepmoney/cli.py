@@ -213,5 +213,5 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(message if message.startswith("config error") else f"error: {message}", err=True)
         sys.exit(2)
     except Interrupted as exc:
-        typer.echo(f"interrupted ({exc}): partial outputs were removed; run the same command again", err=True)
+        typer.echo(f"interrupted ({exc}): nothing was published; run the same command again to resume", err=True)
         sys.exit(130)

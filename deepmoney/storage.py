@@ -7,9 +7,11 @@ S3 errors are turned into one-line `StorageError`s that say what to fix.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -321,38 +323,55 @@ class Storage:
             os.replace(path, dest)
 
     @contextmanager
-    def staging_dir(self, output: str | Path) -> Iterator[Path]:
-        """A private local directory to build an output in; removed afterwards whatever happens.
+    def staging_dir(self, output: str | Path, key: str | None = None, keep_on_error: bool = False) -> Iterator[Path]:
+        """A private local directory to build an output in, locked while in use.
 
         For local outputs it sits beside the output (same filesystem, so the final renames are
-        atomic); its name starts with a dot so listings and readers skip it.
+        atomic) and its name starts with a dot so listings and readers skip it. `key` names it, so
+        that a re-run of the same work finds it again (resume); with `keep_on_error` it survives a
+        failure or interruption (not a UserError) for that purpose. Otherwise it is removed when the
+        work ends. Unlocked leftovers of other runs (killed with SIGKILL, or with another key) are
+        removed on the way in; a locked one means another process is writing the same output.
         """
         output = str(output)
         if is_s3(output):
-            parent = None
+            parent = Path(tempfile.gettempdir()) / "deepmoney-staging"
+            prefix = f".{hashlib.sha256(output.encode()).hexdigest()[:12]}.staging-"
         else:
             parent = Path(output).resolve().parent
-            parent.mkdir(parents=True, exist_ok=True)
-            # A run killed with SIGKILL cannot clean up after itself: its leftovers go now.
-            for stale in parent.glob(f".{Path(output).name}.staging-*"):
-                pid = stale.name.rsplit("-", 1)[-1]
-                if not pid.isdigit() or not _pid_alive(int(pid)):
-                    shutil.rmtree(stale, ignore_errors=True)
-        name = f".{Path(output).name if parent else 'deepmoney'}.staging-"
-        path = Path(tempfile.mkdtemp(prefix=name, dir=parent))
-        final = path.with_name(f"{path.name}-{os.getpid()}")
-        path.rename(final)
+            prefix = f".{Path(output).name}.staging-"
+        parent.mkdir(parents=True, exist_ok=True)
+        path = parent / f"{prefix}{(key or secrets.token_hex(8))[:16]}"
+        for other in parent.glob(f"{prefix}*"):
+            if other != path and other.is_dir() and not _locked(other):
+                shutil.rmtree(other, ignore_errors=True)
+        path.mkdir(exist_ok=True)
+        lock = open(path / ".lock", "a+")  # noqa: SIM115 - held for the whole build
         try:
-            yield final
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StorageError(f"another process is building {output} (its work directory {path} is locked)") from None
+        finished = False
+        try:
+            yield path
+            finished = True
+        except UserError:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         finally:
-            shutil.rmtree(final, ignore_errors=True)
+            lock.close()
+            if finished or not keep_on_error:
+                shutil.rmtree(path, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def _locked(directory: Path) -> bool:
+    """Whether a live process holds the lock of a staging directory."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        with open(directory / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    except OSError:
+        return False
+    return False

@@ -183,9 +183,12 @@ def test_rerun_reuses_and_config_change_rebuilds(built: tuple[Path, Path], tiny_
     )
     assert rebuilt.returncode == 0 and "written" in rebuilt.stdout
     manifest = json.loads((copy / "manifest.json").read_text())
-    shards = sorted(p.name for p in (copy / "data").iterdir())
-    assert len(shards) == -(-manifest["blocks"] // 50)  # the old, more numerous shards are gone
-    assert shards[0].endswith(f"-of-{len(shards):05d}.parquet")
+    shards = sorted((copy / "data").iterdir())
+    # The old, more numerous shards are gone: every name counts the same total.
+    assert all(p.name.endswith(f"-of-{len(shards):05d}.parquet") for p in shards)
+    rows = [pq.read_metadata(p).num_rows for p in shards]
+    assert sum(rows) == manifest["blocks"]
+    assert all(r >= 50 for r in rows[:-1])  # a shard closes at the first task boundary past shard_rows
 
 
 def test_strict_stops_at_the_first_bad_input(built: tuple[Path, Path], tiny_model: Path, tmp_path: Path) -> None:
@@ -257,12 +260,26 @@ def test_llm_summarizer_role_is_not_silently_ignored(
     assert_clean_error(result, "summarizer role")
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
-def test_interrupted_run_leaves_no_half_written_output(tiny_model: Path, tmp_path: Path, how: signal.Signals) -> None:
-    corpus = tmp_path / "many"
-    corpus.mkdir()
+@pytest.fixture(scope="module")
+def many_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    corpus = tmp_path_factory.mktemp("many")
     for i in range(1500):
         (corpus / f"doc{i:04d}.md").write_text(f"# Note {i}\n\n{_filler(1000 + i, 400)}\n", encoding="utf-8")
+    (corpus / f"doc{1500:04d}.md").write_text((corpus / "doc0042.md").read_text(), encoding="utf-8")  # a duplicate
+    return corpus
+
+
+# Small shards, so that the build checkpoints often (at every shard boundary).
+CHECKPOINT_OFTEN = {"DEEPMONEY_DATA__SHARD_ROWS": "400"}
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_interrupted_run_resumes_to_the_same_result(
+    tiny_model: Path, many_docs: Path, tmp_path: Path, how: signal.Signals
+) -> None:
+    reference = tmp_path / "reference"
+    ref = build_pt_cli([many_docs], tiny_model, reference, "--block-size", "64", "--quiet", env=CHECKPOINT_OFTEN)
+    assert ref.returncode == 0, ref.stderr
     out = tmp_path / "out"
     args = [
         sys.executable,
@@ -271,7 +288,7 @@ def test_interrupted_run_leaves_no_half_written_output(tiny_model: Path, tmp_pat
         "data",
         "build-pt",
         "--input",
-        str(corpus),
+        str(many_docs),
         "--tokenizer",
         str(tiny_model),
         "--block-size",
@@ -280,22 +297,65 @@ def test_interrupted_run_leaves_no_half_written_output(tiny_model: Path, tmp_pat
         str(out),
         "--quiet",
     ]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, **CHECKPOINT_OFTEN}
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".out.staging-*/data/*")) and time.monotonic() < deadline:
+    while not list(tmp_path.glob(".out.staging-*/state/checkpoint.json")) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(how)
     _, stderr = proc.communicate(timeout=60)
     assert not out.exists(), "a partial output was published"
     if how == signal.SIGTERM:
-        assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
-        assert not list(tmp_path.glob(".out.staging-*"))
-    # Running the same command again completes, and clears what a SIGKILL left behind.
-    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
+        assert proc.returncode == 130 and "resume" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.glob(".out.staging-*/state/checkpoint.json")), "the work directory was kept for a resume"
+
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr
-    assert json.loads((out / "manifest.json").read_text())["documents"] == 1500
+    assert "resuming from a checkpoint" in again.stderr
     assert not list(tmp_path.glob(".out.staging-*"))
+    resumed = json.loads((out / "manifest.json").read_text())
+    expected = json.loads((reference / "manifest.json").read_text())
+    for key in ("documents", "documents_read", "chapters", "tokens", "blocks", "tokens_dropped", "dropped"):
+        assert resumed[key] == expected[key], key
+    assert resumed["dropped"]["exact_duplicate"] == 1
+    # Byte for byte the same shards and reports as the uninterrupted build.
+    assert resumed["files"] == expected["files"]
+
+
+def test_a_second_build_of_the_same_output_is_refused_while_one_runs(
+    tiny_model: Path, many_docs: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "deepmoney",
+        "data",
+        "build-pt",
+        "--input",
+        str(many_docs),
+        "--tokenizer",
+        str(tiny_model),
+        "--block-size",
+        "64",
+        "--output",
+        str(out),
+        "--quiet",
+    ]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".out.staging-*/out")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)  # holds its lock, however slow the second one starts
+        second = build_pt_cli([many_docs], tiny_model, out, "--block-size", "64", "--quiet")
+        assert_clean_error(second, "another process is building")
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.communicate(timeout=300)
+    assert first.returncode == 0
+    assert json.loads((out / "manifest.json").read_text())["documents"] == 1500
 
 
 @pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), reason="sample corpus not present")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -46,15 +45,36 @@ def test_publish_writes_marker_last_and_staging_is_removed(tmp_path: Path) -> No
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 
 
-def test_staging_left_by_a_killed_run_is_cleaned(tmp_path: Path) -> None:
-    stale = tmp_path / ".out.staging-abc-999999999"
+def test_staging_left_by_a_killed_run_is_cleaned_and_a_live_one_is_kept(tmp_path: Path) -> None:
+    import fcntl
+
+    stale = tmp_path / ".out.staging-abc"
     stale.mkdir()
-    live = tmp_path / f".out.staging-def-{os.getpid()}"
+    (stale / ".lock").touch()
+    live = tmp_path / ".out.staging-def"
     live.mkdir()
-    with Storage().staging_dir(tmp_path / "out"):
-        pass
-    assert not stale.exists()
-    assert live.exists()  # a staging directory of a running process is left alone
+    with open(live / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running build holds it
+        with Storage().staging_dir(tmp_path / "out"):
+            pass
+        assert not stale.exists()
+        assert live.exists()
+        with (
+            pytest.raises(StorageError, match="another process is building"),
+            Storage().staging_dir(tmp_path / "out", key="def"),
+        ):
+            pass
+    assert live.exists(), "refusing to share must not delete the other run's directory"
+
+
+def test_keyed_staging_survives_a_failure_for_a_resume(tmp_path: Path) -> None:
+    storage = Storage()
+    with pytest.raises(RuntimeError), storage.staging_dir(tmp_path / "out", key="k1", keep_on_error=True) as path:
+        (path / "checkpoint").write_text("x")
+        raise RuntimeError("crash")
+    with storage.staging_dir(tmp_path / "out", key="k1", keep_on_error=True) as again:
+        assert again == path and (again / "checkpoint").read_text() == "x"
+    assert not path.exists()  # finished: removed
 
 
 def test_output_that_is_a_file_is_refused(tmp_path: Path) -> None:

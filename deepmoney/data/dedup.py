@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import numpy as np
 from datasketch import LeanMinHash, MinHashLSH
@@ -165,6 +167,27 @@ class Deduplicator:
         self._exact: dict[str, str] = {}
         self._lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm)
         self._signatures: dict[str, LeanMinHash] = {}
+        self.journal: IO[bytes] | None = None  # kept documents are appended here, for a resume
+
+    def _record_size(self) -> int:
+        return 16 + 32 + 8 * self.config.num_perm
+
+    def replay(self, journal: Path, length: int) -> int:
+        """Rebuild the index from the first `length` bytes of a journal; return documents replayed."""
+        size = self._record_size()
+        data = journal.read_bytes()[:length]
+        for start in range(0, len(data) - size + 1, size):
+            record = data[start : start + size]
+            doc_id, key = record[:16].decode(), record[16:48].hex()
+            values = np.frombuffer(record[48:], dtype=np.uint64).copy()
+            self._remember(doc_id, key, LeanMinHash(seed=self._seed, hashvalues=values, scheme="legacy"))
+        return len(data) // size
+
+    def _remember(self, doc_id: str, key: str, signature: LeanMinHash) -> None:
+        self._exact[key] = doc_id
+        if doc_id not in self._signatures:
+            self._lsh.insert(doc_id, signature)
+            self._signatures[doc_id] = signature
 
     def check(self, doc_id: str, text: str) -> DuplicateOf | None:
         """None if `text` is new (and remember it); otherwise which kept document it duplicates."""
@@ -187,8 +210,8 @@ class Deduplicator:
                 best = DuplicateOf(candidate, "near", similarity)
         if best is not None:
             return best
-        self._exact[key] = doc_id
-        if doc_id not in self._signatures:
-            self._lsh.insert(doc_id, signature)
-            self._signatures[doc_id] = signature
+        self._remember(doc_id, key, signature)
+        if self.journal is not None:
+            record = doc_id.encode().ljust(16)[:16] + bytes.fromhex(key) + hashvalues.astype(np.uint64).tobytes()
+            self.journal.write(record)
         return None

@@ -61,6 +61,23 @@ class BlockPacker:
                 self._fill = 0
                 self._starts, self._docs, self._offsets = [], [], []
 
+    def state(self) -> dict:
+        """The unfinished block, for a checkpoint (at most `block_size` tokens)."""
+        return {
+            "tokens_in": self.tokens_in,
+            "buffer": self._buffer[: self._fill].tolist(),
+            "starts": self._starts,
+            "docs": self._docs,
+            "offsets": self._offsets,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint's unfinished block."""
+        self.tokens_in = state["tokens_in"]
+        self._fill = len(state["buffer"])
+        self._buffer[: self._fill] = state["buffer"]
+        self._starts, self._docs, self._offsets = list(state["starts"]), list(state["docs"]), list(state["offsets"])
+
     @property
     def remainder(self) -> int:
         """Tokens in the unfinished last block: what `finish` drops."""

@@ -7,8 +7,12 @@ blocks and writes Parquet shards as they fill. Memory stays flat however large t
 dedup index keeps num_perm * 8 bytes per document).
 
 The output is built in a private staging directory and published with the manifest last, so an
-interrupted run leaves nothing half-written; a re-run whose inputs, tokenizer and config are
-unchanged finds the manifest and reuses it.
+interrupted run leaves nothing half-written. Each time a shard is closed (at a task boundary) the
+build checkpoints: the open report files' lengths, the unfinished block, the closed shards, the
+counters and a journal of the documents kept by dedup. Running the same command again after a
+crash, SIGKILL or Ctrl-C resumes from the last checkpoint, and the result is the same as an
+uninterrupted run. A re-run whose inputs, tokenizer and config are unchanged finds the manifest
+and reuses the finished output.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,7 @@ from deepmoney.data.summarize import make_summarizer
 from deepmoney.data.tokenize import TokenizerSpec, resolve_tokenizer
 from deepmoney.errors import InputRejected, UserError
 from deepmoney.parallel import ordered_map, worker_count
-from deepmoney.storage import FileRef, Storage, is_s3, join, sha256_file
+from deepmoney.storage import FileRef, Storage, atomic_write_bytes, is_s3, join, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,35 +60,116 @@ class PtBuildResult:
     output: str
     manifest: dict[str, Any]
     reused: bool = False
+    resumed_tasks: int = 0
 
 
 @dataclass
-class _Progress:
-    """Counts and reports accumulated while the corpus streams through."""
-
+class _Counters:
     documents_read: int = 0
     documents: int = 0
     chapters: int = 0
     too_short: int = 0
     exact: int = 0
     near: int = 0
-    rejected: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    per_file: dict[str, dict[str, int]] = field(default_factory=dict)
+    rejected: int = 0
+    dropped: int = 0
+    files_done: int = 0
+
+
+_REPORTS = ("documents.jsonl", "rejected.jsonl", "dropped.jsonl", "inputs.jsonl")
+
+
+class _Run:
+    """One build's state in its staging directory: report files, packer, shards, dedup; checkpoints.
+
+    `staging/out/` is what gets published; `staging/state/` holds the checkpoint and dedup journal.
+    """
+
+    def __init__(self, staging: Path, config: DeepmoneyConfig, fingerprint: str, rejected: list[InputRejected]):
+        self.out, self.state = staging / "out", staging / "state"
+        self.out.mkdir(exist_ok=True)
+        self.state.mkdir(exist_ok=True)
+        self.fingerprint = fingerprint
+        self.counters = _Counters()
+        self.packer = BlockPacker(config.data.block_size)
+        self.writer = ShardWriter(self.out / "data", config.data.shard_rows)
+        self.dedup = Deduplicator(config.data.dedup)
+        self.tasks_done = 0
+        self.pending_files: dict[str, dict[str, int]] = {}
+        checkpoint = self._load_checkpoint()
+        offsets = checkpoint["offsets"] if checkpoint else {}
+        for name in _REPORTS:
+            path = self.out / name
+            path.touch()
+            os.truncate(path, offsets.get(name, 0))
+        journal = self.state / "dedup.journal"
+        journal.touch()
+        os.truncate(journal, offsets.get("dedup.journal", 0))
+        if checkpoint:
+            self.tasks_done = checkpoint["tasks_done"]
+            self.counters = _Counters(**checkpoint["counters"])
+            self.packer.restore(checkpoint["packer"])
+            self.writer.restore(checkpoint["writer"])
+            self.dedup.replay(journal, offsets["dedup.journal"])
+        else:
+            self.writer.restore({"closed": [], "rows": 0})
+        self.files = {name: open(self.out / name, "a", encoding="utf-8") for name in _REPORTS}  # noqa: SIM115
+        self.dedup.journal = open(journal, "ab")  # noqa: SIM115
+        if not checkpoint:
+            for item in rejected:
+                self.reject(item)
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        path = self.state / "checkpoint.json"
+        if not path.exists():
+            return None
+        try:
+            checkpoint = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            log.warning("ignoring an unreadable checkpoint in %s; starting over", self.state)
+            return None
+        return checkpoint if checkpoint.get("fingerprint") == self.fingerprint else None
 
     def reject(self, item: InputRejected) -> None:
         log.warning("rejected %s: %s", item.path, item.reason)
-        self.rejected.append(json.dumps({"path": item.path, "reason": item.reason}, ensure_ascii=False))
+        self.counters.rejected += 1
+        self._write("rejected.jsonl", {"path": item.path, "reason": item.reason})
 
     def drop(self, prepared: Prepared, reason: str) -> None:
-        doc = prepared.doc
-        self.dropped.append(
-            json.dumps({"doc_id": doc.doc_id, "source": doc.source, "reason": reason}, ensure_ascii=False)
-        )
+        self.counters.dropped += 1
+        self._write("dropped.jsonl", {"doc_id": prepared.doc.doc_id, "source": prepared.doc.source, "reason": reason})
 
-    def write_reports(self, staging: Path) -> None:
-        (staging / "rejected.jsonl").write_text("".join(f"{line}\n" for line in self.rejected), encoding="utf-8")
-        (staging / "dropped.jsonl").write_text("".join(f"{line}\n" for line in self.dropped), encoding="utf-8")
+    def file_counts(self, ref: FileRef) -> dict[str, int]:
+        return self.pending_files.setdefault(ref.uri, {"documents": 0, "rejected": 0, "dropped": 0})
+
+    def file_done(self, ref: FileRef) -> None:
+        self.counters.files_done += 1
+        self._write("inputs.jsonl", _input_entry(ref, self.pending_files.pop(ref.uri, {})))
+
+    def _write(self, name: str, record: dict[str, Any]) -> None:
+        self.files[name].write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def checkpoint(self) -> None:
+        """Make everything up to the last finished task durable, then record where it ends."""
+        handles = [*self.files.values(), self.dedup.journal]
+        for handle in handles:
+            handle.flush()
+            os.fsync(handle.fileno())
+        offsets = {name: handle.tell() for name, handle in self.files.items()}
+        offsets["dedup.journal"] = self.dedup.journal.tell()
+        state = {
+            "fingerprint": self.fingerprint,
+            "tasks_done": self.tasks_done,
+            "offsets": offsets,
+            "counters": asdict(self.counters),
+            "packer": self.packer.state(),
+            "writer": self.writer.state(),
+        }
+        atomic_write_bytes(self.state / "checkpoint.json", json.dumps(state).encode())
+
+    def close(self) -> None:
+        for handle in [*self.files.values(), self.dedup.journal]:
+            handle.close()
 
 
 def _fingerprint(
@@ -165,114 +252,126 @@ def build_pt(
             log.info("%s is up to date (same inputs, tokenizer and config); reusing it", output)
             return PtBuildResult(output, previous, reused=True)
 
-        progress = _Progress()
-        for item in resolved.rejected:
-            progress.reject(item)
         collections = load_collections(resolved.collections, storage)
         processor = functools.partial(DocumentProcessor, config, spec, storage, collections)
-        packer = BlockPacker(config.data.block_size)
-        with storage.staging_dir(output) as staging:
-            writer = ShardWriter(staging / "data", config.data.shard_rows)
-            results = ordered_map(
-                processor,
-                _tasks(resolved.files, storage, config.data.records_per_task),
-                worker_count(config.data.workers),
-            )
+        with storage.staging_dir(output, key=fingerprint, keep_on_error=True) as staging:
+            run = _Run(staging, config, fingerprint, resolved.rejected)
+            resumed = run.tasks_done
+            if resumed:
+                log.info(
+                    "resuming from a checkpoint: %d files, %d documents, %d blocks already done",
+                    run.counters.files_done,
+                    run.counters.documents,
+                    run.writer.rows,
+                )
+            tasks = islice(_tasks(resolved.files, storage, config.data.records_per_task), resumed, None)
+            results = ordered_map(processor, tasks, worker_count(config.data.workers))
             with (
-                open(staging / "documents.jsonl", "w", encoding="utf-8") as index,
-                tqdm(total=len(resolved.files), unit="file", desc="build-pt", disable=quiet, dynamic_ncols=True) as bar,
+                tqdm(
+                    total=len(resolved.files),
+                    initial=run.counters.files_done,
+                    unit="file",
+                    desc="build-pt",
+                    disable=quiet,
+                    dynamic_ncols=True,
+                ) as bar,
                 logging_redirect_tqdm(),
             ):
-                dedup = Deduplicator(config.data.dedup)
                 for result in results:
-                    _take(result, dedup, packer, writer, index, progress, config, strict)
-                    if result.task.files_done:
-                        bar.update(result.task.files_done)
-                        bar.set_postfix(docs=progress.documents, tokens=packer.tokens_in, refresh=False)
-            tokens_dropped = packer.finish()
-            shards = writer.close()
-            # From here on the old output, if any, is being replaced: unmark it as complete first.
-            storage.delete(join(output, "manifest.json"))
-            progress.write_reports(staging)
-            if progress.documents == 0:
-                shutil.rmtree(staging / "data")
-                (staging / "documents.jsonl").unlink()
-                storage.publish_tree(staging, output, last="rejected.jsonl")
-                raise UserError(
-                    f"no usable documents in {', '.join(inputs)}: {len(progress.rejected)} rejected, "
-                    f"{len(progress.dropped)} dropped (see {join(output, 'rejected.jsonl')})"
-                )
-            manifest = _manifest(
-                fingerprint,
-                progress,
-                packer,
-                writer.rows,
-                tokens_dropped,
-                config,
-                spec,
-                summarizer_name,
-                resolved,
-                staging,
-                shards,
-                started,
+                    _take(result, run, config, strict)
+                    run.tasks_done += 1
+                    if run.writer.end_task():
+                        run.checkpoint()
+                    bar.update(result.task.files_done)
+                    bar.set_postfix(docs=run.counters.documents, tokens=run.packer.tokens_in, refresh=False)
+            tokens_dropped = run.packer.finish()
+            shards = run.writer.close()
+            run.close()
+            manifest = _finish(
+                storage, output, inputs, run, shards, tokens_dropped, config, spec, summarizer_name, resolved, started
             )
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-            _remove_stale_shards(storage, output, {p.name for p in shards})
-            storage.publish_tree(staging, output)
     log.info(
         "pt corpus written to %s: %d documents, %d tokens, %d blocks",
         output,
-        progress.documents,
-        packer.tokens_in,
-        writer.rows,
+        manifest["documents"],
+        manifest["tokens"],
+        manifest["blocks"],
     )
-    return PtBuildResult(output, manifest)
+    return PtBuildResult(output, manifest, resumed_tasks=resumed)
 
 
-def _take(
-    result: TaskResult,
-    dedup: Deduplicator,
-    packer: BlockPacker,
-    writer: ShardWriter,
-    index: Any,
-    progress: _Progress,
+def _finish(
+    storage: Storage,
+    output: str,
+    inputs: list[str],
+    run: _Run,
+    shards: list[Path],
+    tokens_dropped: int,
     config: DeepmoneyConfig,
-    strict: bool,
-) -> None:
+    spec: TokenizerSpec,
+    summarizer: str,
+    resolved: Any,
+    started: float,
+) -> dict:
+    """Write the manifest and publish; with no document kept, publish only the reports and fail."""
+    # From here on the old output, if any, is being replaced: unmark it as complete first.
+    storage.delete(join(output, "manifest.json"))
+    out = run.out
+    if run.counters.documents == 0:
+        shutil.rmtree(out / "data")
+        for name in ("documents.jsonl", "inputs.jsonl"):
+            (out / name).unlink()
+        storage.publish_tree(out, output, last="rejected.jsonl")
+        raise UserError(
+            f"no usable documents in {', '.join(inputs)}: {run.counters.rejected} rejected, "
+            f"{run.counters.dropped} dropped (see {join(output, 'rejected.jsonl')})"
+        )
+    manifest = _manifest(run, tokens_dropped, config, spec, summarizer, resolved, shards, started)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    _remove_stale_shards(storage, output, {p.name for p in shards})
+    storage.publish_tree(out, output)
+    return manifest
+
+
+def _take(result: TaskResult, run: _Run, config: DeepmoneyConfig, strict: bool) -> None:
     """Keep or drop each document of one task's result, in order; pack and index the kept ones."""
+    counters = run.counters
     for ref, item in result.items:
-        counts = progress.per_file.setdefault(ref.uri, {"documents": 0, "rejected": 0, "dropped": 0})
+        counts = run.file_counts(ref)
         if isinstance(item, InputRejected):
             if strict:
                 raise UserError(f"{item.path}: {item.reason} (--strict stops at the first bad input)")
-            progress.reject(item)
+            run.reject(item)
             counts["rejected"] += 1
             continue
-        progress.documents_read += 1
-        reason = _drop_reason(item, dedup, progress, config.data.min_chars)
+        counters.documents_read += 1
+        reason = _drop_reason(item, run.dedup, counters, config.data.min_chars)
         if reason:
             counts["dropped"] += 1
-            progress.drop(item, reason)
+            run.drop(item, reason)
             continue
         assert item.ids is not None
         record = {
-            "index": progress.documents,
+            "index": counters.documents,
             **item.doc.to_index(),
             "chars": item.chars,
             "tokens": int(item.ids.size),
             "chapters": item.chapters,
         }
-        index.write(json.dumps(record, ensure_ascii=False) + "\n")
-        for block in packer.add(progress.documents, item.ids):
-            writer.write(block)
-        progress.documents += 1
-        progress.chapters += len(item.chapters)
+        run.files["documents.jsonl"].write(json.dumps(record, ensure_ascii=False) + "\n")
+        for block in run.packer.add(counters.documents, item.ids):
+            run.writer.write(block)
+        counters.documents += 1
+        counters.chapters += len(item.chapters)
         counts["documents"] += 1
+    if result.task.files_done:
+        for ref in result.task.refs:
+            run.file_done(ref)
 
 
-def _drop_reason(item: Prepared, dedup: Deduplicator, progress: _Progress, min_chars: int) -> str | None:
+def _drop_reason(item: Prepared, dedup: Deduplicator, counters: _Counters, min_chars: int) -> str | None:
     if item.ids is None:
-        progress.too_short += 1
+        counters.too_short += 1
         return f"too short after cleaning ({item.chars} < data.min_chars={min_chars} characters)"
     if item.signature is None:
         return None
@@ -280,48 +379,44 @@ def _drop_reason(item: Prepared, dedup: Deduplicator, progress: _Progress, min_c
     if duplicate is None:
         return None
     if duplicate.kind == "exact":
-        progress.exact += 1
+        counters.exact += 1
     else:
-        progress.near += 1
+        counters.near += 1
     return duplicate.reason()
 
 
 def _manifest(
-    fingerprint: str,
-    progress: _Progress,
-    packer: BlockPacker,
-    blocks: int,
+    run: _Run,
     tokens_dropped: int,
     config: DeepmoneyConfig,
     spec: TokenizerSpec,
     summarizer: str,
     resolved: Any,
-    staging: Path,
     shards: list[Path],
     started: float,
 ) -> dict[str, Any]:
-    data = config.data
-    reports = [staging / "documents.jsonl", staging / "dropped.jsonl", staging / "rejected.jsonl"]
+    data, counters, out = config.data, run.counters, run.out
+    inputs = [json.loads(line) for line in (out / "inputs.jsonl").read_text(encoding="utf-8").splitlines()]
     return {
         "kind": "pt-corpus",
         "format": PT_FORMAT,
         "deepmoney_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "fingerprint": fingerprint,
-        "documents": progress.documents,
-        "documents_read": progress.documents_read,
-        "chapters": progress.chapters,
-        "tokens": packer.tokens_in,
-        "blocks": blocks,
+        "fingerprint": run.fingerprint,
+        "documents": counters.documents,
+        "documents_read": counters.documents_read,
+        "chapters": counters.chapters,
+        "tokens": run.packer.tokens_in,
+        "blocks": run.writer.rows,
         "block_size": data.block_size,
         "tokens_dropped": tokens_dropped,
-        "rejected": len(progress.rejected),
+        "rejected": counters.rejected,
         "dropped": {
-            "too_short": progress.too_short,
-            "exact_duplicate": progress.exact,
-            "near_duplicate": progress.near,
+            "too_short": counters.too_short,
+            "exact_duplicate": counters.exact,
+            "near_duplicate": counters.near,
         },
-        "dedup_removed": progress.exact + progress.near,
+        "dedup_removed": counters.exact + counters.near,
         "skipped_collections": [c.uri for c in resolved.collections],
         "summarizer": summarizer if data.summary.enabled else None,
         "tokenizer": {
@@ -332,8 +427,11 @@ def _manifest(
             "eos_token_id": spec.eos_id,
         },
         "config": data.model_dump(mode="json"),
-        "inputs": [_input_entry(ref, progress.per_file.get(ref.uri, {})) for ref in resolved.files],
-        "files": [{"path": p.relative_to(staging).as_posix(), "sha256": sha256_file(p)} for p in [*shards, *reports]],
+        "inputs": inputs,
+        "files": [
+            {"path": p.relative_to(out).as_posix(), "sha256": sha256_file(p)}
+            for p in [*shards, *(out / name for name in _REPORTS)]
+        ],
         "seconds": round(time.perf_counter() - started, 3),
     }
 

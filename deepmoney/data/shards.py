@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,10 +35,13 @@ def _lists(rows: list) -> pa.ListArray:
 
 
 class ShardWriter:
-    """Buffers blocks and writes `part-NNNNN.parquet` files of `shard_rows` rows each.
+    """Buffers blocks and writes them to `part-NNNNN.parquet` shard files.
 
-    `close` renames them to the Hugging Face convention `train-00000-of-00003.parquet`, which is
-    only possible once the number of shards is known.
+    A shard is closed at the end of the first task after which it holds at least `shard_rows`
+    rows (`end_task`), never in the middle of a task: every closed shard then ends on a task
+    boundary, which is where the pt build checkpoints, and shard boundaries are the same in every
+    run. `close` renames the shards to the Hugging Face convention `train-00000-of-00003.parquet`,
+    which is only possible once their number is known.
     """
 
     def __init__(self, directory: Path, shard_rows: int, flush_rows: int = 4096) -> None:
@@ -48,51 +52,72 @@ class ShardWriter:
         self._pending: list[Block] = []
         self._writer: pq.ParquetWriter | None = None
         self._rows_in_shard = 0
-        self._paths: list[Path] = []
+        self._closed: list[Path] = []
         directory.mkdir(parents=True, exist_ok=True)
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs: the closed shards and the row count (call after `end_task`)."""
+        return {"closed": [p.name for p in self._closed], "rows": self.rows}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue after the closed shards of a checkpoint; a half-written shard after them goes."""
+        self._closed = [self.directory / name for name in state["closed"]]
+        self.rows = state["rows"]
+        keep = set(state["closed"])
+        for path in self.directory.glob("part-*.parquet"):
+            if path.name not in keep:
+                path.unlink()
 
     def write(self, block: Block) -> None:
         """Queue one block; it reaches disk at the next flush."""
         self._pending.append(block)
         self.rows += 1
-        if len(self._pending) >= self.flush_rows or self._rows_in_shard + len(self._pending) >= self.shard_rows:
+        if len(self._pending) >= self.flush_rows:
             self._flush()
 
-    def _flush(self) -> None:
-        while self._pending:
-            if self._writer is None:
-                path = self.directory / f"part-{len(self._paths):05d}.parquet"
-                self._paths.append(path)
-                # Token ids compress better and faster without dictionary encoding (measured: half the
-                # write time, 12% smaller files).
-                self._writer = pq.ParquetWriter(path, SCHEMA, compression="zstd", use_dictionary=False)
-                self._rows_in_shard = 0
-            take = min(len(self._pending), self.shard_rows - self._rows_in_shard)
-            batch, self._pending = self._pending[:take], self._pending[take:]
-            table = pa.table(
-                {
-                    "input_ids": _lists([b.input_ids for b in batch]),
-                    "segment_starts": _lists([b.segment_starts for b in batch]),
-                    "segment_docs": _lists([b.segment_docs for b in batch]),
-                    "segment_offsets": _lists([b.segment_offsets for b in batch]),
-                },
-                schema=SCHEMA,
-            )
-            self._writer.write_table(table)
-            self._rows_in_shard += take
-            if self._rows_in_shard >= self.shard_rows:
-                self._writer.close()
-                self._writer = None
+    def end_task(self) -> bool:
+        """Close the current shard if it is full; True when a shard was closed (time to checkpoint)."""
+        if self._rows_in_shard + len(self._pending) < self.shard_rows:
+            return False
+        self._close_shard()
+        return True
 
-    def close(self) -> list[Path]:
-        """Flush, close and rename the shards; return their final paths."""
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            path = self.directory / f"part-{len(self._closed):05d}.parquet"
+            # Token ids compress better and faster without dictionary encoding (measured: half the
+            # write time, 12% smaller files).
+            self._writer = pq.ParquetWriter(path, SCHEMA, compression="zstd", use_dictionary=False)
+            self._rows_in_shard = 0
+        batch, self._pending = self._pending, []
+        table = pa.table(
+            {
+                "input_ids": _lists([b.input_ids for b in batch]),
+                "segment_starts": _lists([b.segment_starts for b in batch]),
+                "segment_docs": _lists([b.segment_docs for b in batch]),
+                "segment_offsets": _lists([b.segment_offsets for b in batch]),
+            },
+            schema=SCHEMA,
+        )
+        self._writer.write_table(table)
+        self._rows_in_shard += len(batch)
+
+    def _close_shard(self) -> None:
         self._flush()
         if self._writer is not None:
             self._writer.close()
+            self._closed.append(self.directory / f"part-{len(self._closed):05d}.parquet")
             self._writer = None
-        total = len(self._paths)
+            self._rows_in_shard = 0
+
+    def close(self) -> list[Path]:
+        """Flush, close and rename the shards; return their final paths."""
+        self._close_shard()
+        total = len(self._closed)
         final = []
-        for i, path in enumerate(self._paths):
+        for i, path in enumerate(self._closed):
             target = path.with_name(f"train-{i:05d}-of-{total:05d}.parquet")
             path.rename(target)
             final.append(target)
