@@ -92,7 +92,7 @@ def model_init(
         options.config,
         overrides_from_flags(**{"model.preset": preset, "model.vocab_size": vocab_size, "model.seed": seed}),
     )
-    result = init_model(tokenizer_corpus, output, config)
+    result = init_model(tokenizer_corpus, output, config, quiet=options.quiet)
     manifest = result.manifest
     state = "reused" if result.reused else "written"
     typer.echo(

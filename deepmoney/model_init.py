@@ -25,7 +25,7 @@ class ModelInitResult:
 
 
 def init_model(
-    corpus: list[str], output: str, config: DeepmoneyConfig, storage: Storage | None = None
+    corpus: list[str], output: str, config: DeepmoneyConfig, storage: Storage | None = None, quiet: bool = False
 ) -> ModelInitResult:
     """Train the tokenizer on `corpus`, make the model, write both to `output`; reuse an identical one."""
     storage = storage or Storage(config.storage)
@@ -47,7 +47,7 @@ def init_model(
             log.info("%s already holds this model (same corpus and model config); reusing it", output)
             return ModelInitResult(previous, reused=True)
     with storage.staging_dir(output) as staging:
-        texts = iter_texts(corpus, storage, config.data)
+        texts = iter_texts(corpus, storage, config.data, quiet=quiet)
         manifest = init_tiny_model(texts, staging, config.model.preset, config.model.vocab_size, config.model.seed)
         manifest["fingerprint"] = fingerprint
         manifest["tokenizer_corpus"] = corpus

@@ -123,9 +123,11 @@ def init_tiny_model(texts: Iterable[str], output: Path, preset_name: str, vocab_
 
     hf_logging.disable_progress_bar()  # a one-shard save needs no bar
     preset = PRESETS[preset_name]
-    raw = train_tokenizer(texts, vocab_size or preset.vocab_size)
-    tokenizer = wrap_tokenizer(raw)
-    model = build_model(preset, len(tokenizer), tokenizer, seed)
+    vocab_size = vocab_size or preset.vocab_size
+    tokenizer = wrap_tokenizer(train_tokenizer(texts, vocab_size))
+    # A small corpus yields fewer merges than asked for; the embedding keeps the requested size
+    # (unused rows, as real models pad theirs) so a preset always has the same shape.
+    model = build_model(preset, max(len(tokenizer), vocab_size), tokenizer, seed)
     output.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(output)
     model.save_pretrained(output, safe_serialization=True)

@@ -25,7 +25,7 @@ def run_quickstart(workdir: Path, corpus: Path | None, block_size: int, config_p
     config = load_config(config_path, overrides_from_flags(**{"data.block_size": block_size}))
     model_dir = workdir / "base-model"
     pt_dir = workdir / "pt"
-    model = init_model([str(corpus)], str(model_dir), config)
+    model = init_model([str(corpus)], str(model_dir), config, quiet=quiet)
     pt = build_pt([str(corpus)], str(model_dir), str(pt_dir), config, quiet=quiet)
     m = pt.manifest
     sample = _first_block_text(pt_dir, model_dir)

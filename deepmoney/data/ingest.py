@@ -6,6 +6,8 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from tqdm.auto import tqdm
+
 from deepmoney.config import DataConfig
 from deepmoney.data.clean import clean_text
 from deepmoney.data.document import Document
@@ -85,7 +87,7 @@ def read_documents(
     return items
 
 
-def iter_texts(inputs: list[str], storage: Storage, config: DataConfig) -> Iterator[str]:
+def iter_texts(inputs: list[str], storage: Storage, config: DataConfig, quiet: bool = False) -> Iterator[str]:
     """Just the cleaned texts of the usable documents under `inputs` (e.g. to train a tokenizer)."""
     resolved = resolve_inputs(inputs, storage)
     for rejected in resolved.rejected:
@@ -93,7 +95,8 @@ def iter_texts(inputs: list[str], storage: Storage, config: DataConfig) -> Itera
     if not resolved.files:
         raise UserError(f"no input files found under {', '.join(inputs)}")
     collections = load_collections(resolved.collections, storage)
-    for item in (doc for ref in resolved.files for doc in read_documents(ref, storage, config, collections)):
+    files = tqdm(resolved.files, unit="file", desc="tokenizer corpus", disable=quiet, dynamic_ncols=True)
+    for item in (doc for ref in files for doc in read_documents(ref, storage, config, collections)):
         if isinstance(item, Document):
             yield item.text
         else:
