@@ -141,7 +141,7 @@ def main() -> None:
             str(args.data / "cn_financial_laws"),
             str(args.data / "fomc_minutes"),
         ]
-        init_model([c for c in corpus if Path(c).exists()], str(tokenizer), load_config())
+        init_model([c for c in corpus if Path(c).exists()], str(tokenizer), load_config(), quiet=True)
         ours, base = [], []
         for _ in range(args.repeat):  # interleaved, so drift in machine load hits both alike
             base.append(run_baseline(inputs, tokenizer, args.block_size, work))
