@@ -32,6 +32,7 @@ _FIGURE = re.compile(
     r"|亿元|万亿元|万亿|亿|万元|元|美元|个基点|倍|x)(?![A-Za-z]))"
 )
 _HEAD_CHARS = 8_000
+_FIGURES_CHARS = 4_000  # the figures a report leads with are the ones worth a place in the header
 _CLAUSE_END = re.compile(r"[。；;！？!?\n]|(?<=\.)\s")
 _ZH_COMMA = re.compile(r"[，,、：:]")
 _YEAR = re.compile(r"(19|20)\d{2}")
@@ -120,24 +121,27 @@ class ExtractiveSummarizer:
         text = doc.text[:_HEAD_CHARS]  # who, what and when are said at the start of a report
         body = "\n".join(line for line in text.split("\n") if not line.lstrip().startswith(("#", "|", "- ")))
         lead: list[str] = []
-        for sentence in split_sentences(body):
-            if 20 <= len(sentence) <= 400:
-                lead.append(sentence)
-                if len(lead) == self.config.max_sentences:
-                    break
+        # Sentence-splitting the first couple of thousand characters is usually enough for the lead.
+        for region in (body[:2500], body) if len(body) > 2500 else (body,):
+            pieces = split_sentences(region)
+            if len(region) < len(body):
+                pieces = pieces[:-1]  # the cut may fall inside the last one
+            lead = [s for s in pieces if 20 <= len(s) <= 400][: self.config.max_sentences]
+            if len(lead) == self.config.max_sentences:
+                break
         summary = ("" if doc.language == "zh" else " ").join(lead)
         if len(summary) > self.config.max_chars:
             summary = summary[: self.config.max_chars].rsplit(" ", 1)[0] + "…"
         subject = doc.subject
         if not subject:
-            top = [t for t, _ in Counter(_terms(body[:3000])).most_common(5)]
+            top = [t for t, _ in Counter(_terms(body[:1500])).most_common(5)]
             subject = ", ".join(top) if doc.language != "zh" else "、".join(top)
         return ContextSummary(
             title=doc.title,
             publisher=doc.publisher,
             date=doc.date,
             subject=subject or None,
-            key_figures=key_figures(text, self.config.key_figures, doc.language),
+            key_figures=key_figures(text[:_FIGURES_CHARS], self.config.key_figures, doc.language),
             summary=summary,
         )
 
