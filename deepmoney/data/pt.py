@@ -155,6 +155,9 @@ class _Run:
         for handle in handles:
             handle.flush()
             os.fsync(handle.fileno())
+        for shard in self.writer.state()["closed"][-1:]:  # the one just closed; earlier ones already are
+            with open(self.writer.directory / shard, "rb") as handle:
+                os.fsync(handle.fileno())
         offsets = {name: handle.tell() for name, handle in self.files.items()}
         offsets["dedup.journal"] = self.dedup.journal.tell()
         state = {

@@ -94,7 +94,7 @@ def key_figures(text: str, limit: int, language: str | None) -> list[str]:
         before = text[max(0, match.start() - 60) : match.start()]
         before = _CLAUSE_END.split(before)[-1]
         if language == "zh":
-            found.append(_ZH_COMMA.split(before)[-1][-12:].strip() + figure)
+            found.append(_ZH_COMMA.split(before)[-1][-16:].strip() + figure)
         else:
             found.append(f"{' '.join(before.split()[-4:])} {figure}".strip())
         if len(found) >= limit:
