@@ -149,28 +149,21 @@ def main() -> None:
             base.append(run_baseline(inputs, tokenizer, args.block_size, work))
             ours.append(run_build_pt(inputs, tokenizer, args.block_size, work))
 
-    def median(runs: list[dict], key: str) -> float:
-        return statistics.median(r[key] / r["seconds"] for r in runs)
+    def summary(runs: list[dict]) -> dict:
+        return {
+            "documents_per_s": statistics.median(r["documents"] / r["seconds"] for r in runs),
+            "tokens_per_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
+            "tokens_dropped": runs[0]["tokens_dropped"],
+            "documents": runs[0]["documents"],
+            "tokens": runs[0]["tokens"],
+            "seconds": statistics.median(r["seconds"] for r in runs),
+        }
 
     report = {
         "block_size": args.block_size,
         "inputs": [str(p) for p in inputs],
-        "build_pt": {
-            "documents_per_s": median(ours, "documents"),
-            "tokens_per_s": median(ours, "tokens"),
-            "tokens_dropped": ours[0]["tokens_dropped"],
-            "documents": ours[0]["documents"],
-            "tokens": ours[0]["tokens"],
-            "seconds": statistics.median(r["seconds"] for r in ours),
-        },
-        "baseline": {
-            "documents_per_s": median(base, "documents"),
-            "tokens_per_s": median(base, "tokens"),
-            "tokens_dropped": base[0]["tokens_dropped"],
-            "documents": base[0]["documents"],
-            "tokens": base[0]["tokens"],
-            "seconds": statistics.median(r["seconds"] for r in base),
-        },
+        "build_pt": summary(ours),
+        "baseline": summary(base),
     }
     report["ratio_documents_per_s"] = report["build_pt"]["documents_per_s"] / report["baseline"]["documents_per_s"]
     report["ratio_tokens_per_s"] = report["build_pt"]["tokens_per_s"] / report["baseline"]["tokens_per_s"]

@@ -269,6 +269,12 @@ def many_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return corpus
 
 
+def _build_args(corpus: Path, model: Path, out: Path) -> list[str]:
+    """The build-pt command line, for tests that run it as a process they can signal."""
+    return [sys.executable, "-m", "deepmoney", "data", "build-pt", "--input", str(corpus), "--tokenizer", str(model),
+            "--block-size", "64", "--output", str(out), "--quiet"]  # fmt: skip
+
+
 # Small shards, so that the build checkpoints often (at every shard boundary).
 CHECKPOINT_OFTEN = {"DEEPMONEY_DATA__SHARD_ROWS": "400"}
 
@@ -281,22 +287,7 @@ def test_interrupted_run_resumes_to_the_same_result(
     ref = build_pt_cli([many_docs], tiny_model, reference, "--block-size", "64", "--quiet", env=CHECKPOINT_OFTEN)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "deepmoney",
-        "data",
-        "build-pt",
-        "--input",
-        str(many_docs),
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "64",
-        "--output",
-        str(out),
-        "--quiet",
-    ]
+    args = _build_args(many_docs, tiny_model, out)
     env = {**os.environ, **CHECKPOINT_OFTEN}
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
@@ -327,22 +318,7 @@ def test_a_second_build_of_the_same_output_is_refused_while_one_runs(
     tiny_model: Path, many_docs: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "deepmoney",
-        "data",
-        "build-pt",
-        "--input",
-        str(many_docs),
-        "--tokenizer",
-        str(tiny_model),
-        "--block-size",
-        "64",
-        "--output",
-        str(out),
-        "--quiet",
-    ]
+    args = _build_args(many_docs, tiny_model, out)
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
