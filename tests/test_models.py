@@ -62,33 +62,13 @@ def test_small_preset_is_about_100m_parameters() -> None:
 
 def test_model_init_cli_writes_and_then_reuses(tmp_path: Path, tokenizer_corpus: Path) -> None:
     output = tmp_path / "m"
-    first = run_cli(
-        "model",
-        "init",
-        "--preset",
-        "tiny",
-        "--tokenizer-corpus",
-        str(tokenizer_corpus),
-        "--output",
-        str(output),
-        "--vocab-size",
-        "600",
-    )
+    command = ("model", "init", "--preset", "tiny", "--tokenizer-corpus", str(tokenizer_corpus), "--output",
+               str(output), "--vocab-size", "600")  # fmt: skip
+    first = run_cli(*command)
     assert first.returncode == 0, first.stderr
     assert "model written" in first.stdout
     assert AutoConfig.from_pretrained(output, local_files_only=True).model_type == "llama"
-    second = run_cli(
-        "model",
-        "init",
-        "--preset",
-        "tiny",
-        "--tokenizer-corpus",
-        str(tokenizer_corpus),
-        "--output",
-        str(output),
-        "--vocab-size",
-        "600",
-    )
+    second = run_cli(*command)
     assert second.returncode == 0 and "model reused" in second.stdout
 
 
