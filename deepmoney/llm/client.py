@@ -101,7 +101,29 @@ def _retry_after(response: Any) -> float | None:
         return None
 
 
-class OpenAIChatClient:
+class CachedChat:
+    """The part every backend shares: answer from the request cache, else ask and remember."""
+
+    endpoint: Endpoint
+    cache: RequestCache | None
+    stats: ClientStats
+
+    async def chat(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+        """Answer `messages`, from the cache if this exact request was answered before."""
+        key = request_key(self.endpoint.role, self.endpoint.model, messages, asdict(sampling))
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            self.stats.cached += 1
+            return Completion(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True)
+        completion = await self._answer(messages, sampling)
+        if self.cache is not None:
+            self.cache.put(key, asdict(completion) | {"cached": False})
+        return completion
+
+    async def _answer(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
+        raise NotImplementedError
+
+
+class OpenAIChatClient(CachedChat):
     """Chat completions against any OpenAI-compatible server (vLLM, KServe, TGI, hosted APIs)."""
 
     def __init__(
@@ -125,17 +147,9 @@ class OpenAIChatClient:
             timeout=self.policy.timeout,
         )
 
-    async def chat(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
-        """Answer `messages`, from the cache if this exact request was answered before."""
-        key = request_key(self.endpoint.role, self.endpoint.model, messages, asdict(sampling))
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            self.stats.cached += 1
-            return Completion(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True)
+    async def _answer(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         async with self._semaphore:
-            completion = await self._with_retries(messages, sampling)
-        if self.cache is not None:
-            self.cache.put(key, asdict(completion) | {"cached": False})
-        return completion
+            return await self._with_retries(messages, sampling)
 
     async def _with_retries(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         for attempt in range(1, self.policy.attempts + 1):
