@@ -123,6 +123,22 @@ class CachedChat:
         raise NotImplementedError
 
 
+def _http_client(concurrency: int) -> Any:
+    """Keep-alive connections for every concurrent request, with Nagle's algorithm off.
+
+    The HTTP stack writes a request's headers and body separately; with Nagle on, the body waits
+    for the server's delayed ACK (40 ms on Linux) — on a 200 ms request, a fifth of the throughput.
+    """
+    import socket
+
+    import httpx2
+    from openai import DefaultAsyncHttpxClient
+
+    limits = httpx2.Limits(max_connections=max(100, concurrency), max_keepalive_connections=max(20, concurrency))
+    transport = httpx2.AsyncHTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    return DefaultAsyncHttpxClient(transport=transport, limits=limits)
+
+
 class OpenAIChatClient(CachedChat):
     """Chat completions against any OpenAI-compatible server (vLLM, KServe, TGI, hosted APIs)."""
 
@@ -145,6 +161,7 @@ class OpenAIChatClient(CachedChat):
             api_key=endpoint.api_key or "unused",  # local servers ignore it; the SDK insists on one
             max_retries=0,
             timeout=self.policy.timeout,
+            http_client=_http_client(concurrency),
         )
 
     async def _answer(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:

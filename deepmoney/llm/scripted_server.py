@@ -143,6 +143,7 @@ class ScriptedOpenAIServer:
 class _Handler(BaseHTTPRequestHandler):
     owner: ScriptedOpenAIServer
     protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+    disable_nagle_algorithm = True  # headers and body go out in two writes; Nagle would hold the second
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
