@@ -136,6 +136,50 @@ def _pt_summary(manifest: dict[str, Any], output: str, reused: bool) -> str:
     return "\n".join(lines)
 
 
+def synth(
+    ctx: typer.Context,
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help="Files, directories or s3:// URIs.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output directory or s3:// prefix.")],
+    questioner: Annotated[str, typer.Option("--questioner", help="local:MODEL_DIR or http(s)://HOST/v1#MODEL.")],
+    answerer: Annotated[str, typer.Option("--answerer", help="A different model from the questioner's.")],
+    extractor: Annotated[str, typer.Option("--extractor", help="Names the underlying assets of each report.")],
+    questions_per_chapter: Annotated[int, typer.Option("--questions-per-chapter", min=1, max=50)] = 3,
+    max_chapters: Annotated[int | None, typer.Option("--max-chapters", min=1, help="Stop after N chapters.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight per role.")] = 16,
+    request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.1, help="Seconds per request.")] = 120.0,
+    allow_same_model: Annotated[
+        bool, typer.Option("--allow-same-model", help="Let one model both ask and answer (not recommended).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Synthesize the sft dataset: questions per chapter, answers from the chapter alone, assets in the instruction."""
+    from deepmoney.llm.roles import parse_endpoint
+    from deepmoney.synth.run import SynthOptions, synthesize
+
+    options_ = _global(ctx)
+    config = load_config(options_.config)
+    endpoints = {
+        "questioner": parse_endpoint("questioner", questioner),
+        "answerer": parse_endpoint("answerer", answerer),
+        "extractor": parse_endpoint("extractor", extractor),
+    }
+    options = SynthOptions(
+        questions_per_chapter=questions_per_chapter,
+        max_chapters=max_chapters,
+        concurrency=concurrency,
+        request_timeout=request_timeout,
+        allow_same_model=allow_same_model,
+    )
+    result = synthesize(inputs, output, endpoints, config, options, quiet=quiet or options_.quiet)
+    m = result.manifest
+    typer.echo(
+        f"sft dataset {'reused (up to date)' if result.reused else 'written'}: {output}\n"
+        f"  chapters      {m['chapters_covered']} of {m['chapters']} covered ({m['chapters_truncated']} truncated)\n"
+        f"  records       {m['records']} (alpaca.jsonl, sharegpt.jsonl, dataset_info.json)\n"
+        f"  rejected      {m['rejected']} (see rejected.jsonl)"
+    )
+
+
 def quickstart(
     ctx: typer.Context,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
@@ -157,6 +201,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "config show": config_show,
     "model init": model_init,
     "data build-pt": data_build_pt,
+    "synth": synth,
     "quickstart": quickstart,
 }
 

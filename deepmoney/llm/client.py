@@ -107,16 +107,36 @@ class CachedChat:
     endpoint: Endpoint
     cache: RequestCache | None
     stats: ClientStats
+    _in_flight: dict[str, asyncio.Future] | None = None
 
     async def chat(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
-        """Answer `messages`, from the cache if this exact request was answered before."""
+        """Answer `messages`, from the cache if this exact request was answered before.
+
+        Identical requests made while the first is still in flight wait for its answer instead of
+        being sent again (two chapters with the same text ask the same question).
+        """
         key = request_key(self.endpoint.role, self.endpoint.model, messages, asdict(sampling))
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.stats.cached += 1
             return Completion(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True)
-        completion = await self._answer(messages, sampling)
+        if self._in_flight is None:
+            self._in_flight = {}
+        if key in self._in_flight:
+            self.stats.cached += 1
+            return await asyncio.shield(self._in_flight[key])
+        future = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            completion = await self._answer(messages, sampling)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: the waiters, if any, get it too
+            raise
+        finally:
+            del self._in_flight[key]
         if self.cache is not None:
             self.cache.put(key, asdict(completion) | {"cached": False})
+        future.set_result(completion)
         return completion
 
     async def _answer(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:

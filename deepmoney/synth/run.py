@@ -1,0 +1,381 @@
+"""`deepmoney synth`: chapters -> questions (questioner) -> answers (answerer) + assets (extractor).
+
+Documents are read and split as for the pt corpus. Per document, the extractor names the
+underlying assets once; per chapter, the questioner proposes questions, which are filtered (length,
+language, near-duplicates within the report) and answered, each by the answerer from that chapter
+alone; answers are filtered (empty, refusal, grounding, length, language). Everything rejected is
+written to rejected.jsonl with its reason — nothing is dropped silently.
+
+Exactly once: every answer from every role is committed to a request cache in the run's work
+directory the moment it arrives, and outputs are written in input order only at the end. After a
+crash or SIGKILL the same command resumes: cached answers are reused, so no completed request is
+sent twice, and the dataset is identical to an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from deepmoney import __version__
+from deepmoney.config import DeepmoneyConfig
+from deepmoney.data.chapters import split_chapters
+from deepmoney.data.document import Chapter, Document
+from deepmoney.data.ingest import load_collections, read_documents, resolve_inputs
+from deepmoney.errors import InputRejected, UserError
+from deepmoney.llm.cache import RequestCache
+from deepmoney.llm.client import ChatBackend, LLMRequestError, OpenAIChatClient, RetryPolicy, Sampling
+from deepmoney.llm.errors import LLMGaveUp
+from deepmoney.llm.roles import Endpoint
+from deepmoney.storage import Storage, join
+from deepmoney.synth import export
+from deepmoney.synth.filters import answer_problem, question_problem
+from deepmoney.synth.parse import parse_list
+from deepmoney.synth.prompts import PROMPT_VERSION, render, templates_digest
+
+log = logging.getLogger(__name__)
+ROLES = ("questioner", "answerer", "extractor")
+SYSTEM = {
+    "en": "You are a financial analyst. Answer from the research material you are given.",
+    "zh": "你是一名金融分析师。请依据给定的研究材料回答。",
+}
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """How much to ask and how strictly to filter."""
+
+    questions_per_chapter: int = 3
+    max_chapters: int | None = None
+    min_grounding: float = 0.5
+    max_question_similarity: float = 0.7
+    max_chapter_chars: int = 6000  # a longer chapter is cut to fit the roles' context, and that is recorded
+    concurrency: int = 16
+    request_timeout: float = 120.0
+    allow_same_model: bool = False
+    question_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512, seed=0))
+    answer_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.2, max_tokens=768, seed=0))
+    extract_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, max_tokens=128, seed=0))
+
+
+@dataclass
+class _Work:
+    doc: Document
+    chapter: Chapter
+    text: str
+    truncated: bool
+
+    @property
+    def chapter_id(self) -> str:
+        return f"{self.doc.doc_id}:{self.chapter.index}"
+
+
+@dataclass
+class _Outcome:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class SynthResult:
+    """What `synthesize` did."""
+
+    output: str
+    manifest: dict[str, Any]
+    reused: bool = False
+
+
+def check_roles(endpoints: dict[str, Endpoint], options: SynthOptions) -> None:
+    """Refuse a model that would answer its own questions, unless explicitly allowed."""
+    q, a = endpoints["questioner"], endpoints["answerer"]
+    same = (q.kind, str(Path(q.target).resolve()) if q.kind == "local" else q.target, q.model) == (
+        a.kind, str(Path(a.target).resolve()) if a.kind == "local" else a.target, a.model
+    )  # fmt: skip
+    if same and not options.allow_same_model:
+        raise UserError(
+            f"the questioner and the answerer are the same model ({q.label}): a model answering its own questions "
+            "tends to answer from what it knows rather than from the chapter; use a different --answerer, or pass "
+            "--allow-same-model to do it anyway"
+        )
+
+
+def make_backend(endpoint: Endpoint, cache: RequestCache, options: SynthOptions) -> ChatBackend:
+    """The backend for one role: in-process for local:, OpenAI-compatible HTTP otherwise."""
+    if endpoint.kind == "local":
+        from deepmoney.llm.local import LocalChatBackend
+
+        return LocalChatBackend(endpoint, cache=cache)
+    policy = RetryPolicy(timeout=options.request_timeout)
+    return OpenAIChatClient(endpoint, concurrency=options.concurrency, policy=policy, cache=cache)
+
+
+class Synthesizer:
+    """Drives the three roles over the chapters of the documents."""
+
+    def __init__(self, backends: dict[str, ChatBackend], options: SynthOptions) -> None:
+        self.backends = backends
+        self.options = options
+        self.labels = {role: backend.endpoint.label for role, backend in backends.items()}
+
+    async def _list(
+        self, role: str, language: str | None, prompt: str, sampling: Sampling
+    ) -> tuple[list[str] | None, str]:
+        """Ask `role` for a list; one repair prompt if the answer cannot be parsed. (items, reason)."""
+        backend = self.backends[role]
+        messages = [{"role": "user", "content": prompt}]
+        try:
+            first = await backend.chat(messages, sampling)
+        except (LLMGaveUp, LLMRequestError) as exc:
+            return None, f"{role} request failed: {exc}"
+        items = parse_list(first.text)
+        if items is not None:
+            return items, ""
+        repair = [*messages, {"role": "assistant", "content": first.text},
+                  {"role": "user", "content": render("repair", language, previous=first.text[:4000])}]  # fmt: skip
+        try:
+            second = await backend.chat(repair, sampling)
+        except (LLMGaveUp, LLMRequestError) as exc:
+            return None, f"{role} repair request failed: {exc}"
+        items = parse_list(second.text)
+        if items is None:
+            return None, f"{role} answer is not a list, even after a repair prompt: {second.text[:200]!r}"
+        return items, ""
+
+    async def assets(self, doc: Document, head: str) -> tuple[list[str], dict[str, Any] | None]:
+        """The document's underlying assets (empty, with a rejection record, if none could be read)."""
+        prompt = render("extractor", doc.language, title=doc.title, publisher=doc.publisher, date=doc.date,
+                        chapter=head)  # fmt: skip
+        items, reason = await self._list("extractor", doc.language, prompt, self.options.extract_sampling)
+        if items is None:
+            return [], {"kind": "assets", "doc_id": doc.doc_id, "source": doc.source, "reason": reason}
+        return [a[:80] for a in items[:8]], None
+
+    async def chapter(self, work: _Work, assets: list[str], earlier: list[str]) -> _Outcome:
+        """Questions and answers for one chapter; `earlier` holds the report's kept questions so far."""
+        doc, opts, outcome = work.doc, self.options, _Outcome()
+        where = {"doc_id": doc.doc_id, "chapter_id": work.chapter_id, "source": doc.source}
+        prompt = render("questioner", doc.language, title=doc.title, publisher=doc.publisher, date=doc.date,
+                        n=opts.questions_per_chapter, chapter=work.text)  # fmt: skip
+        questions, reason = await self._list("questioner", doc.language, prompt, opts.question_sampling)
+        if questions is None:
+            outcome.rejected.append({"kind": "questions", **where, "reason": reason})
+            return outcome
+        kept: list[str] = []
+        for question in questions:
+            if len(kept) == opts.questions_per_chapter:
+                break
+            problem = question_problem(question, earlier + kept, doc.language, opts.max_question_similarity)
+            if problem:
+                outcome.rejected.append({"kind": "question", **where, "question": question, "reason": problem})
+            else:
+                kept.append(question)
+        answers = await asyncio.gather(*(self._answer(work, q) for q in kept))
+        for index, (question, (answer, problem)) in enumerate(zip(kept, answers, strict=True)):
+            if problem:
+                outcome.rejected.append({"kind": "answer", **where, "question": question, "reason": problem})
+                continue
+            language = "zh" if doc.language == "zh" else "en"
+            outcome.records.append({
+                "instruction": export.instruction(question, assets, doc.language),
+                "answer": answer,
+                "system": SYSTEM[language],
+                "meta": {
+                    **where, "chapter_title": work.chapter.title, "question_index": index, "question": question,
+                    "assets": assets, "language": doc.language, "title": doc.title, "publisher": doc.publisher,
+                    "date": doc.date, "chapter_truncated": work.truncated, "roles": self.labels,
+                    "prompt_version": PROMPT_VERSION, "prompt_digest": templates_digest(),
+                },
+            })  # fmt: skip
+        earlier.extend(kept)
+        return outcome
+
+    async def _answer(self, work: _Work, question: str) -> tuple[str, str | None]:
+        doc = work.doc
+        prompt = render("answerer", doc.language, title=doc.title, publisher=doc.publisher, date=doc.date,
+                        chapter=work.text, question=question)  # fmt: skip
+        language = "zh" if doc.language == "zh" else "en"
+        messages = [{"role": "system", "content": SYSTEM[language]}, {"role": "user", "content": prompt}]
+        try:
+            completion = await self.backends["answerer"].chat(messages, self.options.answer_sampling)
+        except (LLMGaveUp, LLMRequestError) as exc:
+            return "", f"answerer request failed: {exc}"
+        answer = completion.text.strip()
+        return answer, answer_problem(answer, work.text, doc.language, self.options.min_grounding)
+
+
+def _chapters(inputs: list[str], storage: Storage, config: DeepmoneyConfig, options: SynthOptions
+              ) -> tuple[list[_Work], list[dict[str, Any]], list[Any]]:  # fmt: skip
+    resolved = resolve_inputs(inputs, storage)
+    rejected = [{"kind": "input", "source": r.path, "reason": r.reason} for r in resolved.rejected]
+    collections = load_collections(resolved.collections, storage)
+    work: list[_Work] = []
+    for ref in resolved.files:
+        for item in read_documents(ref, storage, config.data, collections):
+            if isinstance(item, InputRejected):
+                rejected.append({"kind": "input", "source": item.path, "reason": item.reason})
+                continue
+            if len(item.text) < config.data.min_chars:
+                rejected.append({"kind": "input", "source": item.source, "reason": "too short to ask about"})
+                continue
+            for chapter in split_chapters(item, config.data.chapters):
+                text = chapter.text
+                truncated = len(text) > options.max_chapter_chars
+                work.append(_Work(item, chapter, text[: options.max_chapter_chars], truncated))
+    if options.max_chapters is not None:
+        work = work[: options.max_chapters]
+    return work, rejected, resolved.files
+
+
+def _fingerprint(files: list[Any], endpoints: dict[str, Endpoint], options: SynthOptions,
+                 config: DeepmoneyConfig) -> str:  # fmt: skip
+    payload = {
+        "inputs": [[f.uri, f.size, f.version] for f in files],
+        "roles": {role: e.label for role, e in endpoints.items()},
+        "options": asdict(options),
+        "chapters": config.data.chapters.model_dump(mode="json"),
+        "prompts": templates_digest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], config: DeepmoneyConfig,
+               options: SynthOptions | None = None, *, quiet: bool = False,
+               storage: Storage | None = None) -> SynthResult:  # fmt: skip
+    """Synthesize the sft dataset from `inputs` into `output`."""
+    options = options or SynthOptions()
+    storage = storage or Storage(config.storage)
+    output = str(output)
+    storage.check_writable(output)
+    check_roles(endpoints, options)
+    work, rejected, files = _chapters(inputs, storage, config, options)
+    if not work:
+        raise UserError(
+            f"no chapters to ask about in {', '.join(inputs)} ({len(rejected)} inputs rejected or too short); "
+            "check the paths and formats"
+        )
+    fingerprint = _fingerprint(files, endpoints, options, config)
+    manifest_uri = join(output, "manifest.json")
+    if storage.exists(manifest_uri):
+        previous = json.loads(storage.read_bytes(manifest_uri))
+        if previous.get("fingerprint") == fingerprint:
+            log.info("%s is up to date; reusing it", output)
+            return SynthResult(output, previous, reused=True)
+    started = time.time()
+    with storage.staging_dir(output, key=fingerprint, keep_on_error=True) as staging:
+        cache = RequestCache(staging / "state" / "requests.sqlite")
+        resumed = len(cache)
+        if resumed:
+            log.info("resuming: %d answers are already in the request cache and will not be asked again", resumed)
+        backends = {role: make_backend(endpoints[role], cache, options) for role in ROLES}
+        try:
+            outcomes = asyncio.run(_run_all(Synthesizer(backends, options), work, quiet))
+        finally:
+            cache.close()
+        out = staging / "out"
+        out.mkdir(exist_ok=True)
+        records = [r for o in outcomes for r in o.records]
+        rejected += [r for o in outcomes for r in o.rejected]
+        _write_jsonl(out / export.ALPACA_FILE, map(export.alpaca, records))
+        _write_jsonl(out / export.SHAREGPT_FILE, map(export.sharegpt, records))
+        _write_jsonl(out / "rejected.jsonl", rejected)
+        (out / "dataset_info.json").write_text(json.dumps(export.DATASET_INFO, indent=2), encoding="utf-8")
+        manifest = _manifest(fingerprint, work, records, rejected, backends, options, started, resumed)
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        storage.publish_tree(out, output)
+    return SynthResult(output, manifest)
+
+
+async def _run_all(synth: Synthesizer, work: list[_Work], quiet: bool) -> list[_Outcome]:
+    """Documents in parallel; within a document, chapters in order (questions are deduplicated
+    against the report's earlier ones); within a chapter, answers in parallel."""
+    by_doc: dict[str, list[int]] = {}
+    for i, item in enumerate(work):
+        by_doc.setdefault(item.doc.doc_id, []).append(i)
+    outcomes: list[_Outcome | None] = [None] * len(work)
+    limit = asyncio.Semaphore(max(4, synth.options.concurrency))
+    started = time.monotonic()
+    try:
+        with tqdm(total=len(work), unit="chapter", desc="synth", disable=quiet, dynamic_ncols=True) as bar, \
+                logging_redirect_tqdm():  # fmt: skip
+
+            async def document(indices: list[int]) -> None:
+                async with limit:
+                    first = work[indices[0]]
+                    assets, problem = await synth.assets(first.doc, first.text)
+                    earlier: list[str] = []
+                    for i in indices:
+                        outcome = await synth.chapter(work[i], assets, earlier)
+                        if problem and i == indices[0]:
+                            outcome.rejected.insert(0, problem)
+                        outcomes[i] = outcome
+                        bar.update(1)
+                        bar.set_postfix(_rates(synth, started), refresh=False)
+
+            await asyncio.gather(*(document(indices) for indices in by_doc.values()))
+    finally:
+        for backend in synth.backends.values():
+            await backend.aclose()
+    return [o for o in outcomes if o is not None]
+
+
+def _rates(synth: Synthesizer, started: float) -> dict[str, Any]:
+    elapsed = max(time.monotonic() - started, 1e-6)
+    stats = [b.stats for b in synth.backends.values()]
+    return {
+        "req/s": f"{sum(s.requests for s in stats) / elapsed:.1f}",
+        "tok/s": f"{sum(s.completion_tokens for s in stats) / elapsed:.0f}",
+        "retries": sum(s.retries for s in stats),
+        "cached": sum(s.cached for s in stats),
+    }
+
+
+def _write_jsonl(path: Path, rows: Any) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _manifest(
+    fingerprint: str,
+    work: list[_Work],
+    records: list[dict[str, Any]],
+    rejected: list[dict[str, Any]],
+    backends: dict[str, ChatBackend],
+    options: SynthOptions,
+    started: float,
+    resumed: int,
+) -> dict:
+    reasons: dict[str, int] = {}
+    for r in rejected:
+        key = f"{r['kind']}: {r['reason'].split(' (')[0].split(':')[0]}"
+        reasons[key] = reasons.get(key, 0) + 1
+    covered = {r["meta"]["chapter_id"] for r in records} | {r.get("chapter_id") for r in rejected}
+    return {
+        "kind": "sft-dataset",
+        "deepmoney_version": __version__,
+        "fingerprint": fingerprint,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "documents": len({w.doc.doc_id for w in work}),
+        "chapters": len(work),
+        "chapters_covered": sum(w.chapter_id in covered for w in work),
+        "chapters_truncated": sum(w.truncated for w in work),
+        "records": len(records),
+        "rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "roles": {role: b.endpoint.label for role, b in backends.items()},
+        "requests": {role: asdict(b.stats) for role, b in backends.items()},
+        "answers_from_cache_at_start": resumed,
+        "prompt_version": PROMPT_VERSION,
+        "prompt_digest": templates_digest(),
+        "options": json.loads(json.dumps(asdict(options), default=str)),
+        "files": [export.ALPACA_FILE, export.SHAREGPT_FILE, "dataset_info.json", "rejected.jsonl"],
+    }

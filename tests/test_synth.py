@@ -1,0 +1,193 @@
+"""`deepmoney synth` end to end against a scripted OpenAI-compatible server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deepmoney.llm.scripted_server import Faults, ScriptedOpenAIServer
+from tests.conftest import ROOT, SAMPLE_CORPUS, assert_clean_error, run_cli
+
+pytestmark = pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), reason="sample corpus not present")
+MODELS = ("questioner-34b", "answerer-67b", "extractor-7b")
+
+
+def _excerpt(prompt: str) -> str:
+    parts = prompt.split('"""')
+    return parts[1].strip() if len(parts) >= 3 else prompt
+
+
+def _sentences(text: str) -> list[str]:
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith(("#", "|", "-"))]
+    found = re.findall(r"[^。！？.!?]{25,300}[。！？.!?]", " ".join(lines))
+    return [s.strip() for s in found] or [text[:200]]
+
+
+def scripted_analyst(model: str, messages: list[dict[str, str]]) -> str:
+    """Plays the three roles deterministically, in the formats real models use (and misuse)."""
+    prompt = messages[-1]["content"]
+    digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
+    if "could not be read as a JSON array" in prompt or "无法解析为字符串" in prompt:
+        return json.dumps([f"What does the report conclude about item {digest % 97}?"])
+    if "underlying assets" in prompt or "标的资产" in prompt:
+        return '```json\n["Copper", "Banks",]\n```' if digest % 2 else '["Semiconductors"]'
+    if "distinct questions" in prompt or "个不同的问题" in prompt:
+        zh = "个不同的问题" in prompt
+        topics = [s[:40] for s in _sentences(_excerpt(prompt))[:4]]
+        questions = [f"关于“{t}”，报告给出了哪些数据和理由？" if zh else f"What does the report say about: {t}?"
+                     for t in topics]  # fmt: skip
+        style = digest % 4
+        if style == 0:
+            return json.dumps(questions, ensure_ascii=False)
+        if style == 1:
+            return "Here you go:\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
+        if style == 2:
+            return "```json\n" + json.dumps(questions, ensure_ascii=False)[:-1] + ",]\n```"
+        return "These would be good questions to ask about the chapter."  # needs the repair prompt
+    excerpt = _excerpt(prompt)
+    question = prompt.rsplit("Question:", 1)[-1] if "Question:" in prompt else prompt.rsplit("问题：", 1)[-1]
+    best = max(_sentences(excerpt), key=lambda s: len(set(s.split()) & set(question.split())) + s.count("%"))
+    return best if "问题：" in prompt else f"According to the excerpt, {best}"
+
+
+ROLE_ARGS = ("--questioner", "{url}#questioner-34b", "--answerer", "{url}#answerer-67b", "--extractor",
+             "{url}#extractor-7b")  # fmt: skip
+
+
+def _synth_args(url: str, out: Path, *extra: str) -> list[str]:
+    roles = [a.format(url=url) for a in ROLE_ARGS]
+    return ["synth", "--input", str(SAMPLE_CORPUS), "--output", str(out), *roles, "--questions-per-chapter", "2",
+            "--max-chapters", "24", "--request-timeout", "0.5", "--quiet", *extra]  # fmt: skip
+
+
+def test_faulty_server_every_chapter_covered_and_formats(tmp_path: Path) -> None:
+    faults = Faults(rate=0.3, timeout_sleep=1.0)
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS, faults=faults) as server:
+        result = run_cli(*_synth_args(server.base_url, tmp_path / "sft"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "sft"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["chapters"] == 24 and manifest["chapters_covered"] == 24
+    assert manifest["records"] >= 24
+    assert sum(s["retries"] for s in manifest["requests"].values()) > 0
+    assert set(server.outcomes()) >= {"429", "500", "timeout", "malformed", "empty", "ok"}
+    assert max(server.completed().values()) == 1  # no completed request was sent twice
+    alpaca = [json.loads(line) for line in (out / "alpaca.jsonl").open()]
+    sharegpt = [json.loads(line) for line in (out / "sharegpt.jsonl").open()]
+    assert len(alpaca) == len(sharegpt) == manifest["records"]
+    for row in alpaca:
+        meta = row["meta"]
+        assert row["instruction"].endswith(meta["question"]) and row["output"] and row["input"] == ""
+        assert meta["assets"] and meta["assets"][0] in row["instruction"]
+        assert meta["roles"]["answerer"].endswith("#answerer-67b") and meta["prompt_version"]
+    assert {r["meta"]["language"] for r in alpaca} >= {"en"}
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").open()]
+    assert all(r["reason"] for r in rejected)
+
+
+def test_dataset_loads_the_way_llama_factory_reads_it(tmp_path: Path) -> None:
+    from datasets import load_dataset
+
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS) as server:
+        result = run_cli(*_synth_args(server.base_url, tmp_path / "sft"))
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "sft"
+    info = json.loads((out / "dataset_info.json").read_text())
+    alpaca, sharegpt = info["deepmoney_alpaca"], info["deepmoney_sharegpt"]
+    # LLaMA-Factory's data/README: alpaca maps prompt/query/response/system to columns; sharegpt names
+    # the messages column, the role/content tags and the user/assistant tag values.
+    assert alpaca["columns"] == {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}
+    assert sharegpt["formatting"] == "sharegpt" and sharegpt["columns"]["messages"] == "conversations"
+    assert sharegpt["tags"] == {"role_tag": "from", "content_tag": "value", "user_tag": "human",
+                                "assistant_tag": "gpt"}  # fmt: skip
+    for entry in (alpaca, sharegpt):
+        dataset = load_dataset("json", data_files=str(out / entry["file_name"]), split="train",
+                               cache_dir=str(tmp_path / "hf"))  # fmt: skip
+        assert set(entry["columns"].values()) <= set(dataset.column_names)
+    rows = [json.loads(line) for line in (out / sharegpt["file_name"]).open()]
+    assert all([m["from"] for m in r["conversations"]] == ["human", "gpt"] for r in rows)
+
+
+def test_sigkill_then_resume_gives_the_same_dataset_without_repeating_requests(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS, faults=Faults(rate=0.3)) as server:
+        reference = run_cli(*_synth_args(server.base_url, tmp_path / "reference"))
+        assert reference.returncode == 0, reference.stderr
+        before = len(server.log)
+        args = [sys.executable, "-m", "deepmoney", *_synth_args(server.base_url, tmp_path / "sft")]
+        proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while sum(r.outcome == "ok" for r in server.log[before:]) < 20 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert not (tmp_path / "sft").exists()
+        first_run = {r.digest for r in server.log[before:] if r.outcome == "ok"}
+        (cache,) = tmp_path.glob(".sft.staging-*/state/requests.sqlite")
+        with sqlite3.connect(cache) as db:
+            committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
+        assert again.returncode == 0, again.stderr
+        assert "resuming" in again.stderr
+        completed: dict[str, int] = {}
+        for record in server.log[before:]:
+            if record.outcome == "ok":
+                completed[record.digest] = completed.get(record.digest, 0) + 1
+    # Answers the killed run had committed are never asked again; the only repeats are the few the
+    # server had answered while the kill landed, before they reached the client.
+    repeated = sum(n - 1 for n in completed.values())
+    assert committed >= 20 - 16 and repeated == len(first_run) - committed
+    assert sum(completed.values()) - len(first_run) == len(completed) - committed
+    for name in ("alpaca.jsonl", "sharegpt.jsonl", "rejected.jsonl", "dataset_info.json"):
+        assert (tmp_path / "sft" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+def test_same_model_for_questioner_and_answerer_is_refused(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:9/v1#same-model"
+    result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), "--questioner", url,
+                     "--answerer", url, "--extractor", url)  # fmt: skip
+    assert_clean_error(result, "same model", "--allow-same-model")
+
+
+def test_wrong_api_key_stops_the_run_at_once(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS, api_key="sk-good") as server:
+        result = run_cli(*_synth_args(server.base_url, tmp_path / "o"), env={"OPENAI_API_KEY": "sk-bad-1234"})
+        seen = len(server.log)
+    assert_clean_error(result, "rejected the API key", "HTTP 401")
+    assert "sk-bad-1234" not in result.stderr and seen <= 3 * 16
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_model_and_no_chapters(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS) as server:
+        bad = _synth_args(server.base_url, tmp_path / "o")
+        bad[bad.index("--answerer") + 1] = f"{server.base_url}#capybara-34b"
+        assert_clean_error(run_cli(*bad), "capybara-34b", "404")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.md").write_text("tiny")
+    args = _synth_args("http://127.0.0.1:9/v1", tmp_path / "o2")
+    args[args.index("--input") + 1] = str(empty)
+    assert_clean_error(run_cli(*args), "no chapters to ask about")
+
+
+def test_in_process_backend_on_the_tiny_model(tmp_path: Path, tiny_model: Path) -> None:
+    local = f"local:{tiny_model}"
+    result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), "--questioner", local,
+                     "--answerer", local, "--extractor", local, "--allow-same-model", "--max-chapters", "2",
+                     "--questions-per-chapter", "1", "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    # A random-init model writes noise: every chapter ends up covered by a record or a reasoned rejection.
+    assert manifest["chapters_covered"] == manifest["chapters"] == 2
+    assert manifest["requests"]["questioner"]["requests"] >= 2
