@@ -150,6 +150,9 @@ def synth(
     allow_same_model: Annotated[
         bool, typer.Option("--allow-same-model", help="Let one model both ask and answer (not recommended).")
     ] = False,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="K/N: this process's share of the documents (merge with synth-merge).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Synthesize the sft dataset: questions per chapter, answers from the chapter alone, assets in the instruction."""
@@ -169,6 +172,7 @@ def synth(
         concurrency=concurrency,
         request_timeout=request_timeout,
         allow_same_model=allow_same_model,
+        shard=_parse_shard(shard),
     )
     result = synthesize(inputs, output, endpoints, config, options, quiet=quiet or options_.quiet)
     m = result.manifest
@@ -177,6 +181,28 @@ def synth(
         f"  chapters      {m['chapters_covered']} of {m['chapters']} covered ({m['chapters_truncated']} truncated)\n"
         f"  records       {m['records']} (alpaca.jsonl, sharegpt.jsonl, dataset_info.json)\n"
         f"  rejected      {m['rejected']} (see rejected.jsonl)"
+    )
+
+
+def _parse_shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    k, sep, n = value.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise UserError(f"--shard {value}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return int(k), int(n)
+
+
+def synth_merge(
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help="The output directories of shards 0..N-1.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where the merged dataset goes.")],
+) -> None:
+    """Merge the outputs of `synth --shard K/N` runs into one dataset, in the order of an unsharded run."""
+    from deepmoney.synth.merge import merge_shards
+
+    manifest = merge_shards(inputs, output)
+    typer.echo(
+        f"merged {len(inputs)} shards into {output}: {manifest['records']} records, {manifest['rejected']} rejected"
     )
 
 
@@ -202,6 +228,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "model init": model_init,
     "data build-pt": data_build_pt,
     "synth": synth,
+    "synth-merge": synth_merge,
     "quickstart": quickstart,
 }
 

@@ -191,3 +191,23 @@ def test_in_process_backend_on_the_tiny_model(tmp_path: Path, tiny_model: Path) 
     # A random-init model writes noise: every chapter ends up covered by a record or a reasoned rejection.
     assert manifest["chapters_covered"] == manifest["chapters"] == 2
     assert manifest["requests"]["questioner"]["requests"] >= 2
+
+
+def test_shards_merge_into_exactly_the_unsharded_dataset(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS, faults=Faults(rate=0.3)) as server:
+        whole = run_cli(*_synth_args(server.base_url, tmp_path / "whole"))
+        assert whole.returncode == 0, whole.stderr
+        for k in range(3):
+            part = run_cli(*_synth_args(server.base_url, tmp_path / f"shard{k}", "--shard", f"{k}/3"))
+            assert part.returncode == 0, part.stderr
+    shards = [str(tmp_path / f"shard{k}") for k in range(3)]
+    counts = [json.loads(Path(s, "manifest.json").read_text())["records"] for s in shards]
+    assert sum(c > 0 for c in counts) >= 2  # the documents really were split
+    merged = run_cli("synth-merge", "--input", *shards, "--output", str(tmp_path / "merged"))
+    assert merged.returncode == 0, merged.stderr
+    for name in ("alpaca.jsonl", "sharegpt.jsonl", "rejected.jsonl", "dataset_info.json"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    incomplete = run_cli("synth-merge", "--input", *shards[:2], "--output", str(tmp_path / "bad"))
+    assert_clean_error(incomplete, "shards 0..N-1")
+    bad_spec = run_cli(*_synth_args("http://127.0.0.1:9/v1", tmp_path / "x", "--shard", "3/3"))
+    assert_clean_error(bad_spec, "expected K/N")

@@ -62,6 +62,7 @@ class SynthOptions:
     concurrency: int = 16
     request_timeout: float = 120.0
     allow_same_model: bool = False
+    shard: tuple[int, int] | None = None  # (k, n): only documents whose id hashes to k modulo n
     question_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512, seed=0))
     answer_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.2, max_tokens=768, seed=0))
     extract_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, max_tokens=128, seed=0))
@@ -73,6 +74,7 @@ class _Work:
     chapter: Chapter
     text: str
     truncated: bool
+    order: int = 0  # position in the whole (unsharded) run: shards merge back into this order
 
     @property
     def chapter_id(self) -> str:
@@ -157,12 +159,13 @@ class Synthesizer:
         items, reason = await self._list("extractor", doc.language, prompt, self.options.extract_sampling)
         if items is None:
             return [], {"kind": "assets", "doc_id": doc.doc_id, "source": doc.source, "reason": reason}
+
         return [a[:80] for a in items[:8]], None
 
     async def chapter(self, work: _Work, assets: list[str], earlier: list[str]) -> _Outcome:
         """Questions and answers for one chapter; `earlier` holds the report's kept questions so far."""
         doc, opts, outcome = work.doc, self.options, _Outcome()
-        where = {"doc_id": doc.doc_id, "chapter_id": work.chapter_id, "source": doc.source}
+        where = {"doc_id": doc.doc_id, "chapter_id": work.chapter_id, "source": doc.source, "order": work.order}
         prompt = render("questioner", doc.language, title=doc.title, publisher=doc.publisher, date=doc.date,
                         n=opts.questions_per_chapter, chapter=work.text)  # fmt: skip
         questions, reason = await self._list("questioner", doc.language, prompt, opts.question_sampling)
@@ -232,6 +235,12 @@ def _chapters(inputs: list[str], storage: Storage, config: DeepmoneyConfig, opti
                 work.append(_Work(item, chapter, text[: options.max_chapter_chars], truncated))
     if options.max_chapters is not None:
         work = work[: options.max_chapters]
+    for order, item in enumerate(work):
+        item.order = order
+    if options.shard is not None:
+        k, n = options.shard
+        work = [w for w in work if int(w.doc.doc_id, 16) % n == k]
+        rejected = rejected if k == 0 else []  # input problems are reported once, by shard 0
     return work, rejected, resolved.files
 
 
@@ -256,8 +265,10 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
     output = str(output)
     storage.check_writable(output)
     check_roles(endpoints, options)
+    if options.shard is not None and not (0 <= options.shard[0] < options.shard[1]):
+        raise UserError(f"--shard {options.shard[0]}/{options.shard[1]}: expected K/N with 0 <= K < N")
     work, rejected, files = _chapters(inputs, storage, config, options)
-    if not work:
+    if not work and options.shard is None:
         raise UserError(
             f"no chapters to ask about in {', '.join(inputs)} ({len(rejected)} inputs rejected or too short); "
             "check the paths and formats"
@@ -315,7 +326,7 @@ async def _run_all(synth: Synthesizer, work: list[_Work], quiet: bool) -> list[_
                     for i in indices:
                         outcome = await synth.chapter(work[i], assets, earlier)
                         if problem and i == indices[0]:
-                            outcome.rejected.insert(0, problem)
+                            outcome.rejected.insert(0, {**problem, "order": work[i].order})
                         outcomes[i] = outcome
                         bar.update(1)
                         bar.set_postfix(_rates(synth, started), refresh=False)
