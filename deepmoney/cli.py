@@ -140,13 +140,20 @@ def synth(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Option("--input", "-i", help="Files, directories or s3:// URIs.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Output directory or s3:// prefix.")],
-    questioner: Annotated[str, typer.Option("--questioner", help="local:MODEL_DIR or http(s)://HOST/v1#MODEL.")],
-    answerer: Annotated[str, typer.Option("--answerer", help="A different model from the questioner's.")],
-    extractor: Annotated[str, typer.Option("--extractor", help="Names the underlying assets of each report.")],
-    questions_per_chapter: Annotated[int, typer.Option("--questions-per-chapter", min=1, max=50)] = 3,
+    questioner: Annotated[
+        str | None,
+        typer.Option("--questioner", help="local:MODEL_DIR or http(s)://HOST/v1#MODEL (or synth.questioner)."),
+    ] = None,
+    answerer: Annotated[str | None, typer.Option("--answerer", help="A different model from the questioner's.")] = None,
+    extractor: Annotated[str | None, typer.Option("--extractor", help="Names each report's underlying assets.")] = None,
+    questions_per_chapter: Annotated[int | None, typer.Option("--questions-per-chapter", min=1, max=50)] = None,
     max_chapters: Annotated[int | None, typer.Option("--max-chapters", min=1, help="Stop after N chapters.")] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight per role.")] = 16,
-    request_timeout: Annotated[float, typer.Option("--request-timeout", min=0.1, help="Seconds per request.")] = 120.0,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, help="Requests in flight per role.")
+    ] = None,
+    request_timeout: Annotated[
+        float | None, typer.Option("--request-timeout", min=0.1, help="Seconds per request.")
+    ] = None,
     allow_same_model: Annotated[
         bool, typer.Option("--allow-same-model", help="Let one model both ask and answer (not recommended).")
     ] = False,
@@ -159,22 +166,25 @@ def synth(
     from deepmoney.llm.roles import parse_endpoint
     from deepmoney.synth.run import SynthOptions, synthesize
 
-    options_ = _global(ctx)
-    config = load_config(options_.config)
-    endpoints = {
-        "questioner": parse_endpoint("questioner", questioner),
-        "answerer": parse_endpoint("answerer", answerer),
-        "extractor": parse_endpoint("extractor", extractor),
-    }
-    options = SynthOptions(
+    global_options = _global(ctx)
+    config = load_config(global_options.config)
+    flags = {"questioner": questioner, "answerer": answerer, "extractor": extractor}
+    endpoints = {}
+    for role, flag in flags.items():
+        spec = flag or getattr(config.synth, role).endpoint
+        if not spec:
+            raise UserError(f"no {role}: pass --{role} (local:MODEL_DIR or URL#MODEL) or set synth.{role}.endpoint")
+        endpoints[role] = parse_endpoint(role, spec)
+    options = SynthOptions.from_config(
+        config.synth,
+        concurrency=concurrency,
+        timeout=request_timeout,
         questions_per_chapter=questions_per_chapter,
         max_chapters=max_chapters,
-        concurrency=concurrency,
-        request_timeout=request_timeout,
         allow_same_model=allow_same_model,
         shard=_parse_shard(shard),
     )
-    result = synthesize(inputs, output, endpoints, config, options, quiet=quiet or options_.quiet)
+    result = synthesize(inputs, output, endpoints, config, options, quiet=quiet or global_options.quiet)
     m = result.manifest
     typer.echo(
         f"sft dataset {'reused (up to date)' if result.reused else 'written'}: {output}\n"

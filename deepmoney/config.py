@@ -105,18 +105,49 @@ class DataConfig(Section):
 
 
 class RoleConfig(Section):
-    """An LLM role (summarizer, questioner, answerer, extractor)."""
+    """An LLM role (summarizer, questioner, answerer, extractor). API keys never go here: see llm/roles.py."""
 
-    endpoint: str = Field(
-        description="`local:MODEL_DIR` for the in-process model, or an OpenAI-compatible base URL + `#MODEL`."
+    endpoint: str | None = Field(
+        None,
+        description="`local:MODEL_DIR` for the in-process model, or an OpenAI-compatible base URL + `#MODEL`; "
+        "for synth roles a command-line flag overrides it.",
+    )
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_tokens: int = Field(512, ge=1, le=32768, description="Longest answer, in tokens.")
+    seed: int | None = Field(0, description="Sampling seed sent with each request (servers that honour it).")
+    concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight to this role's endpoint.")
+    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer before retrying.")
+    prompt: str | None = Field(
+        None, description="A prompt template file replacing the built-in one (same {placeholders})."
     )
 
     @field_validator("endpoint")
     @classmethod
-    def _endpoint_form(cls, value: str) -> str:
-        if not (value.startswith("local:") or (value.startswith(("http://", "https://")) and "#" in value)):
+    def _endpoint_form(cls, value: str | None) -> str | None:
+        if value is not None and not (
+            value.startswith("local:") or (value.startswith(("http://", "https://")) and "#" in value)
+        ):
             raise ValueError("expected `local:MODEL_DIR` or `http(s)://HOST/v1#MODEL_NAME`")
         return value
+
+
+class SynthConfig(Section):
+    """sft synthesis: the three roles and the filters."""
+
+    questioner: RoleConfig = Field(default_factory=lambda: RoleConfig(temperature=0.7, max_tokens=512))
+    answerer: RoleConfig = Field(default_factory=lambda: RoleConfig(temperature=0.2, max_tokens=768))
+    extractor: RoleConfig = Field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=128))
+    questions_per_chapter: int = Field(3, ge=1, le=50, description="Questions kept per chapter.")
+    min_grounding: float = Field(
+        0.5, ge=0.0, le=1.0, description="Least share of an answer's content words found in its chapter."
+    )
+    max_question_similarity: float = Field(
+        0.7, ge=0.0, le=1.0, description="ROUGE-L above which a question duplicates an earlier one of the report."
+    )
+    max_chapter_chars: int = Field(
+        6000, ge=200, description="Chapters are cut to this length to fit the roles' context (recorded)."
+    )
 
 
 class DeepmoneyConfig(BaseSettings):
@@ -132,6 +163,7 @@ class DeepmoneyConfig(BaseSettings):
     summarizer: RoleConfig | None = Field(
         None, description="LLM that writes the context summaries; unset = the offline extractive summarizer."
     )
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -211,3 +211,32 @@ def test_shards_merge_into_exactly_the_unsharded_dataset(tmp_path: Path) -> None
     assert_clean_error(incomplete, "shards 0..N-1")
     bad_spec = run_cli(*_synth_args("http://127.0.0.1:9/v1", tmp_path / "x", "--shard", "3/3"))
     assert_clean_error(bad_spec, "expected K/N")
+
+
+def test_roles_and_a_custom_prompt_from_the_config_file(tmp_path: Path) -> None:
+    template = tmp_path / "questioner.txt"
+    template.write_text(
+        'Write {n} distinct questions about {title} ({publisher}, {date}):\n"""\n{chapter}\n"""\n', encoding="utf-8"
+    )
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS) as server:
+        config = tmp_path / "deepmoney.yaml"
+        config.write_text(
+            "synth:\n"
+            f"  questioner: {{endpoint: '{server.base_url}#questioner-34b', prompt: '{template}', concurrency: 4}}\n"
+            f"  answerer: {{endpoint: '{server.base_url}#answerer-67b', temperature: 0.0}}\n"
+            f"  extractor: {{endpoint: '{server.base_url}#extractor-7b'}}\n"
+            "  questions_per_chapter: 1\n",
+            encoding="utf-8",
+        )
+        result = run_cli("--config", str(config), "synth", "--input", str(SAMPLE_CORPUS), "--output",
+                         str(tmp_path / "o"), "--max-chapters", "4", "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "o" / "alpaca.jsonl").open()]
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    from deepmoney.synth.prompts import templates_digest
+
+    assert records and manifest["prompt_digest"] != templates_digest()
+    assert {r["meta"]["prompt_digest"] for r in records} == {manifest["prompt_digest"]}
+    assert len({r["meta"]["chapter_id"] for r in records}) == len(records)  # one question per chapter
+    missing = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "x"))
+    assert_clean_error(missing, "no questioner", "synth.questioner.endpoint")

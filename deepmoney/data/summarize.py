@@ -153,8 +153,8 @@ def make_summarizer(config: DeepmoneyConfig) -> Summarizer:
     # The seam for the LLM summarizer: the role clients (OpenAI-compatible and in-process) arrive
     # with the sft-synthesis work; until then a configured role must not be silently ignored.
     raise UserError(
-        f"summarizer role {config.summarizer.endpoint!r} needs the LLM role clients, which this version "
-        "does not have yet; remove `summarizer` from the config to use the extractive summarizer"
+        f"summarizer role {config.summarizer.endpoint!r}: LLM summaries for the pt corpus are not wired in yet "
+        "(the LLM clients exist for synth); remove `summarizer` from the config to use the extractive summarizer"
     )
 
 

@@ -22,10 +22,10 @@ def template(role: str, language: str | None) -> str:
     return (_DIR / f"{role}.{lang}.txt").read_text(encoding="utf-8")
 
 
-def render(role: str, language: str | None, **fields: object) -> str:
-    """Fill a template; missing metadata shows as "unknown" rather than failing."""
+def render(role: str, language: str | None, override: str | None = None, **fields: object) -> str:
+    """Fill a template (or the user's `override` of it); missing metadata shows as "unknown"."""
     values = {k: ("unknown" if v in (None, "") else v) for k, v in fields.items()}
-    return template(role, language).format(**values)
+    return (override or template(role, language)).format(**values)
 
 
 @cache

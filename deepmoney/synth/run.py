@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deepmoney import __version__
-from deepmoney.config import DeepmoneyConfig
+from deepmoney.config import DeepmoneyConfig, SynthConfig
 from deepmoney.data.chapters import split_chapters
 from deepmoney.data.document import Chapter, Document
 from deepmoney.data.ingest import load_collections, read_documents, resolve_inputs
@@ -51,6 +51,24 @@ SYSTEM = {
 
 
 @dataclass(frozen=True)
+class RoleOptions:
+    """How one role is asked."""
+
+    sampling: Sampling
+    concurrency: int = 16
+    timeout: float = 120.0
+    prompt: str | None = None  # the text of a template that replaces the built-in one
+
+
+def _default_roles() -> dict[str, RoleOptions]:
+    return {
+        "questioner": RoleOptions(Sampling(temperature=0.7, max_tokens=512, seed=0)),
+        "answerer": RoleOptions(Sampling(temperature=0.2, max_tokens=768, seed=0)),
+        "extractor": RoleOptions(Sampling(temperature=0.0, max_tokens=128, seed=0)),
+    }
+
+
+@dataclass(frozen=True)
 class SynthOptions:
     """How much to ask and how strictly to filter."""
 
@@ -59,13 +77,44 @@ class SynthOptions:
     min_grounding: float = 0.5
     max_question_similarity: float = 0.7
     max_chapter_chars: int = 6000  # a longer chapter is cut to fit the roles' context, and that is recorded
-    concurrency: int = 16
-    request_timeout: float = 120.0
     allow_same_model: bool = False
     shard: tuple[int, int] | None = None  # (k, n): only documents whose id hashes to k modulo n
-    question_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512, seed=0))
-    answer_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.2, max_tokens=768, seed=0))
-    extract_sampling: Sampling = field(default_factory=lambda: Sampling(temperature=0.0, max_tokens=128, seed=0))
+    roles: dict[str, RoleOptions] = field(default_factory=_default_roles)
+
+    @classmethod
+    def from_config(cls, config: SynthConfig, concurrency: int | None = None, timeout: float | None = None,
+                    **overrides: Any) -> SynthOptions:  # fmt: skip
+        """Options from the `synth` config section; `concurrency`/`timeout` override every role's."""
+        roles = {}
+        for role in ROLES:
+            rc = getattr(config, role)
+            prompt = None
+            if rc.prompt:
+                try:
+                    prompt = Path(rc.prompt).read_text(encoding="utf-8")
+                except OSError as exc:
+                    raise UserError(f"synth.{role}.prompt: cannot read {rc.prompt}: {exc.strerror}") from None
+            roles[role] = RoleOptions(
+                Sampling(temperature=rc.temperature, top_p=rc.top_p, max_tokens=rc.max_tokens, seed=rc.seed),
+                concurrency=concurrency or rc.concurrency,
+                timeout=timeout or rc.timeout,
+                prompt=prompt,
+            )
+        settings = {
+            "questions_per_chapter": config.questions_per_chapter,
+            "min_grounding": config.min_grounding,
+            "max_question_similarity": config.max_question_similarity,
+            "max_chapter_chars": config.max_chapter_chars,
+        }
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(roles=roles, **settings)
+
+    def prompt_digest(self) -> str:
+        """The built-in templates' digest, combined with any user templates."""
+        custom = [self.roles[r].prompt or "" for r in ROLES]
+        if not any(custom):
+            return templates_digest()
+        return hashlib.sha256((templates_digest() + "\0".join(custom)).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -116,8 +165,10 @@ def make_backend(endpoint: Endpoint, cache: RequestCache, options: SynthOptions)
         from deepmoney.llm.local import LocalChatBackend
 
         return LocalChatBackend(endpoint, cache=cache)
-    policy = RetryPolicy(timeout=options.request_timeout)
-    return OpenAIChatClient(endpoint, concurrency=options.concurrency, policy=policy, cache=cache)
+    role = options.roles[endpoint.role]
+    return OpenAIChatClient(
+        endpoint, concurrency=role.concurrency, policy=RetryPolicy(timeout=role.timeout), cache=cache
+    )
 
 
 class Synthesizer:
@@ -127,6 +178,7 @@ class Synthesizer:
         self.backends = backends
         self.options = options
         self.labels = {role: backend.endpoint.label for role, backend in backends.items()}
+        self.prompt_digest = options.prompt_digest()
 
     async def _list(
         self, role: str, language: str | None, prompt: str, sampling: Sampling
@@ -154,9 +206,10 @@ class Synthesizer:
 
     async def assets(self, doc: Document, head: str) -> tuple[list[str], dict[str, Any] | None]:
         """The document's underlying assets (empty, with a rejection record, if none could be read)."""
-        prompt = render("extractor", doc.language, title=doc.title, publisher=doc.publisher, date=doc.date,
-                        chapter=head)  # fmt: skip
-        items, reason = await self._list("extractor", doc.language, prompt, self.options.extract_sampling)
+        role = self.options.roles["extractor"]
+        prompt = render("extractor", doc.language, role.prompt, title=doc.title, publisher=doc.publisher,
+                        date=doc.date, chapter=head)  # fmt: skip
+        items, reason = await self._list("extractor", doc.language, prompt, role.sampling)
         if items is None:
             return [], {"kind": "assets", "doc_id": doc.doc_id, "source": doc.source, "reason": reason}
 
@@ -166,9 +219,10 @@ class Synthesizer:
         """Questions and answers for one chapter; `earlier` holds the report's kept questions so far."""
         doc, opts, outcome = work.doc, self.options, _Outcome()
         where = {"doc_id": doc.doc_id, "chapter_id": work.chapter_id, "source": doc.source, "order": work.order}
-        prompt = render("questioner", doc.language, title=doc.title, publisher=doc.publisher, date=doc.date,
-                        n=opts.questions_per_chapter, chapter=work.text)  # fmt: skip
-        questions, reason = await self._list("questioner", doc.language, prompt, opts.question_sampling)
+        role = opts.roles["questioner"]
+        prompt = render("questioner", doc.language, role.prompt, title=doc.title, publisher=doc.publisher,
+                        date=doc.date, n=opts.questions_per_chapter, chapter=work.text)  # fmt: skip
+        questions, reason = await self._list("questioner", doc.language, prompt, role.sampling)
         if questions is None:
             outcome.rejected.append({"kind": "questions", **where, "reason": reason})
             return outcome
@@ -195,7 +249,7 @@ class Synthesizer:
                     **where, "chapter_title": work.chapter.title, "question_index": index, "question": question,
                     "assets": assets, "language": doc.language, "title": doc.title, "publisher": doc.publisher,
                     "date": doc.date, "chapter_truncated": work.truncated, "roles": self.labels,
-                    "prompt_version": PROMPT_VERSION, "prompt_digest": templates_digest(),
+                    "prompt_version": PROMPT_VERSION, "prompt_digest": self.prompt_digest,
                 },
             })  # fmt: skip
         earlier.extend(kept)
@@ -203,12 +257,13 @@ class Synthesizer:
 
     async def _answer(self, work: _Work, question: str) -> tuple[str, str | None]:
         doc = work.doc
-        prompt = render("answerer", doc.language, title=doc.title, publisher=doc.publisher, date=doc.date,
-                        chapter=work.text, question=question)  # fmt: skip
+        role = self.options.roles["answerer"]
+        prompt = render("answerer", doc.language, role.prompt, title=doc.title, publisher=doc.publisher,
+                        date=doc.date, chapter=work.text, question=question)  # fmt: skip
         language = "zh" if doc.language == "zh" else "en"
         messages = [{"role": "system", "content": SYSTEM[language]}, {"role": "user", "content": prompt}]
         try:
-            completion = await self.backends["answerer"].chat(messages, self.options.answer_sampling)
+            completion = await self.backends["answerer"].chat(messages, role.sampling)
         except (LLMGaveUp, LLMRequestError) as exc:
             return "", f"answerer request failed: {exc}"
         answer = completion.text.strip()
@@ -251,7 +306,7 @@ def _fingerprint(files: list[Any], endpoints: dict[str, Endpoint], options: Synt
         "roles": {role: e.label for role, e in endpoints.items()},
         "options": asdict(options),
         "chapters": config.data.chapters.model_dump(mode="json"),
-        "prompts": templates_digest(),
+        "prompts": options.prompt_digest(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -312,8 +367,9 @@ async def _run_all(synth: Synthesizer, work: list[_Work], quiet: bool) -> list[_
     for i, item in enumerate(work):
         by_doc.setdefault(item.doc.doc_id, []).append(i)
     outcomes: list[_Outcome | None] = [None] * len(work)
-    limit = asyncio.Semaphore(max(4, synth.options.concurrency))
+    limit = asyncio.Semaphore(max(4, *(r.concurrency for r in synth.options.roles.values())))
     started = time.monotonic()
+    rejections = [0]
     try:
         with tqdm(total=len(work), unit="chapter", desc="synth", disable=quiet, dynamic_ncols=True) as bar, \
                 logging_redirect_tqdm():  # fmt: skip
@@ -328,8 +384,9 @@ async def _run_all(synth: Synthesizer, work: list[_Work], quiet: bool) -> list[_
                         if problem and i == indices[0]:
                             outcome.rejected.insert(0, {**problem, "order": work[i].order})
                         outcomes[i] = outcome
+                        rejections[0] += len(outcome.rejected)
                         bar.update(1)
-                        bar.set_postfix(_rates(synth, started), refresh=False)
+                        bar.set_postfix({**_rates(synth, started), "rejected": rejections[0]}, refresh=False)
 
             await asyncio.gather(*(document(indices) for indices in by_doc.values()))
     finally:
@@ -386,7 +443,7 @@ def _manifest(
         "requests": {role: asdict(b.stats) for role, b in backends.items()},
         "answers_from_cache_at_start": resumed,
         "prompt_version": PROMPT_VERSION,
-        "prompt_digest": templates_digest(),
+        "prompt_digest": options.prompt_digest(),
         "options": json.loads(json.dumps(asdict(options), default=str)),
         "files": [export.ALPACA_FILE, export.SHAREGPT_FILE, "dataset_info.json", "rejected.jsonl"],
     }
