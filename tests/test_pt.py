@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -247,17 +248,38 @@ def test_no_usable_documents_is_an_error_with_a_report(tiny_model: Path, tmp_pat
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_llm_summarizer_role_is_not_silently_ignored(
+def _summary_responder(model: str, messages: list[dict[str, str]]) -> str:
+    title = re.search(r"(?:Title|标题)[:：]\s*(.+)", messages[-1]["content"]).group(1)
+    return f"SUMMARY OF {title.strip()} by the scripted summarizer."
+
+
+def test_llm_summarizer_writes_the_headers_and_resumes_from_its_cache(
     built: tuple[Path, Path], tiny_model: Path, tmp_path: Path
 ) -> None:
+    from deepmoney.llm.scripted_server import Faults, ScriptedOpenAIServer
+
     corpus, _ = built
-    result = build_pt_cli(
-        [str(corpus)],
-        str(tiny_model),
-        str(tmp_path / "out"),
-        env={"DEEPMONEY_SUMMARIZER__ENDPOINT": "http://127.0.0.1:1/v1#m"},
-    )
-    assert_clean_error(result, "summarizer role")
+    with ScriptedOpenAIServer(responder=_summary_responder, models=("summarizer-7b",),
+                              faults=Faults(rate=0.3)) as server:  # fmt: skip
+        env = {"DEEPMONEY_SUMMARIZER__ENDPOINT": f"{server.base_url}#summarizer-7b",
+               "DEEPMONEY_SUMMARIZER__TIMEOUT": "0.5"}  # fmt: skip
+        result = build_pt_cli([corpus], tiny_model, tmp_path / "out", "--block-size", "64", "--quiet", env=env)
+        assert result.returncode == 0, result.stderr
+        asked = len(server.completed())
+        again = build_pt_cli([corpus], tiny_model, tmp_path / "out", "--block-size", "64", "--quiet", env=env)
+        assert again.returncode == 0 and "reused" in again.stdout and len(server.completed()) == asked
+        bad = {**env, "DEEPMONEY_SUMMARIZER__ENDPOINT": f"{server.base_url}#no-such-model"}
+        assert_clean_error(build_pt_cli([corpus], tiny_model, tmp_path / "bad", env=bad), "no-such-model", "404")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["summarizer"] == f"llm:{server.base_url}#summarizer-7b"
+    documents = [json.loads(line) for line in (tmp_path / "out" / "documents.jsonl").open()]
+    assert {d["summary"] for d in documents} == {"llm"} and asked >= len(documents)
+    assert max(server.completed().values()) == 1
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model, local_files_only=True)
+    blocks = pq.read_table(sorted((tmp_path / "out" / "data").glob("*.parquet"))).column("input_ids").to_pylist()
+    stream = [t for block in blocks for t in block]
+    header = tokenizer.decode(stream[: documents[0]["tokens"]], skip_special_tokens=True)
+    assert f"SUMMARY OF {documents[0]['title']}" in header
 
 
 @pytest.fixture(scope="module")

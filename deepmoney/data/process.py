@@ -18,7 +18,7 @@ from deepmoney.data.dedup import MinHasher, exact_key
 from deepmoney.data.document import Document
 from deepmoney.data.ingest import read_documents
 from deepmoney.data.readers import CollectionIndex
-from deepmoney.data.summarize import make_summarizer, pt_text
+from deepmoney.data.summarize import Summarizer, pt_text
 from deepmoney.data.tokenize import Encoder, TokenizerSpec
 from deepmoney.errors import InputRejected
 from deepmoney.storage import FileRef, Storage
@@ -47,6 +47,7 @@ class Prepared:
     key: str = ""
     signature: np.ndarray | None = None
     ids: np.ndarray | None = None  # None when too short to keep
+    summary: str | None = None  # where the context summary came from
 
 
 @dataclass
@@ -61,12 +62,17 @@ class DocumentProcessor:
     """Callable on a Task; built once per worker process."""
 
     def __init__(
-        self, config: DeepmoneyConfig, tokenizer: TokenizerSpec, storage: Storage, collections: CollectionIndex
+        self,
+        config: DeepmoneyConfig,
+        tokenizer: TokenizerSpec,
+        storage: Storage,
+        collections: CollectionIndex,
+        summarizer: Summarizer,
     ) -> None:
         self.config = config
         self.storage = storage
         self.collections = collections
-        self.summarizer = make_summarizer(config)
+        self.summarizer = summarizer
         self.hasher = MinHasher(config.data.dedup)
         self.encoder = Encoder(tokenizer, config.data.add_bos)
 
@@ -94,6 +100,7 @@ class DocumentProcessor:
             chapters = split_chapters(item, data.chapters)
             prepared.chapters = [c.title for c in chapters]
             summary = self.summarizer.summarize(item, chapters) if data.summary.enabled else None
+            prepared.summary = summary.source if summary else None
             texts.append(pt_text(item, summary))
             owners.append(prepared)
         for prepared, ids in zip(owners, self.encoder.encode_many(texts), strict=True):

@@ -37,7 +37,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from deepmoney import __version__
 from deepmoney.config import DeepmoneyConfig
 from deepmoney.data.dedup import Deduplicator
-from deepmoney.data.ingest import load_collections, resolve_inputs
+from deepmoney.data.document import Document
+from deepmoney.data.ingest import load_collections, read_documents, resolve_inputs
+from deepmoney.data.llm_summary import prefetch_summaries
 from deepmoney.data.pack import BlockPacker
 from deepmoney.data.process import DocumentProcessor, Prepared, Task, TaskResult
 from deepmoney.data.readers import FORMATS, jsonl_chunks
@@ -256,9 +258,18 @@ def build_pt(
             return PtBuildResult(output, previous, reused=True)
 
         collections = load_collections(resolved.collections, storage)
-        processor = functools.partial(DocumentProcessor, config, spec, storage, collections)
         with storage.staging_dir(output, key=fingerprint, keep_on_error=True) as staging:
             run = _Run(staging, config, fingerprint, resolved.rejected)
+            summarizer = make_summarizer(config, run.state / "requests.sqlite")
+            if config.summarizer is not None and config.data.summary.enabled:
+                documents = (
+                    doc
+                    for ref in resolved.files
+                    for doc in read_documents(ref, storage, config.data, collections)
+                    if isinstance(doc, Document) and len(doc.text) >= config.data.min_chars
+                )
+                prefetch_summaries(documents, summarizer, quiet=quiet)
+            processor = functools.partial(DocumentProcessor, config, spec, storage, collections, summarizer)
             resumed = run.tasks_done
             if resumed:
                 log.info(
@@ -360,6 +371,7 @@ def _take(result: TaskResult, run: _Run, config: DeepmoneyConfig, strict: bool) 
             "chars": item.chars,
             "tokens": int(item.ids.size),
             "chapters": item.chapters,
+            "summary": item.summary,
         }
         run.files["documents.jsonl"].write(json.dumps(record, ensure_ascii=False) + "\n")
         for block in run.packer.add(counters.documents, item.ids):

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from deepmoney.config import DeepmoneyConfig, SummaryConfig
 from deepmoney.data.document import Chapter, Document
 from deepmoney.data.text import split_sentences
-from deepmoney.errors import UserError
 
 _STOPWORDS = frozenset(
     "a an the and or of to in on for by with at from as is are was were be been has have had it its this that these "
@@ -52,6 +52,7 @@ class ContextSummary:
     subject: str | None
     key_figures: list[str] = field(default_factory=list)
     summary: str = ""
+    source: str = "extractive"
 
     def render(self, language: str | None) -> str:
         """The header as it is written before the document text, labelled in the document's language."""
@@ -146,16 +147,17 @@ class ExtractiveSummarizer:
         )
 
 
-def make_summarizer(config: DeepmoneyConfig) -> Summarizer:
-    """The configured summarizer: extractive unless the `summarizer` LLM role is set."""
+def make_summarizer(config: DeepmoneyConfig, cache_path: Path | None = None) -> Summarizer:
+    """The configured summarizer: extractive unless the `summarizer` LLM role is set.
+
+    The LLM summarizer reads its answers from the request cache at `cache_path`, which
+    `deepmoney.data.llm_summary.prefetch_summaries` fills first.
+    """
     if config.summarizer is None:
         return ExtractiveSummarizer(config.data.summary)
-    # The seam for the LLM summarizer: the role clients (OpenAI-compatible and in-process) arrive
-    # with the sft-synthesis work; until then a configured role must not be silently ignored.
-    raise UserError(
-        f"summarizer role {config.summarizer.endpoint!r}: LLM summaries for the pt corpus are not wired in yet "
-        "(the LLM clients exist for synth); remove `summarizer` from the config to use the extractive summarizer"
-    )
+    from deepmoney.data.llm_summary import LLMSummarizer
+
+    return LLMSummarizer(config, cache_path or Path("/nonexistent/requests.sqlite"))
 
 
 def pt_text(doc: Document, summary: ContextSummary | None) -> str:
