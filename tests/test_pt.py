@@ -260,9 +260,9 @@ def test_llm_summarizer_writes_the_headers_and_resumes_from_its_cache(
 
     corpus, _ = built
     with ScriptedOpenAIServer(responder=_summary_responder, models=("summarizer-7b",),
-                              faults=Faults(rate=0.3)) as server:  # fmt: skip
+                              faults=Faults(rate=0.3, timeout_sleep=3.0)) as server:  # fmt: skip
         env = {"DEEPMONEY_SUMMARIZER__ENDPOINT": f"{server.base_url}#summarizer-7b",
-               "DEEPMONEY_SUMMARIZER__TIMEOUT": "0.5"}  # fmt: skip
+               "DEEPMONEY_SUMMARIZER__TIMEOUT": "2"}  # fmt: skip
         result = build_pt_cli([corpus], tiny_model, tmp_path / "out", "--block-size", "64", "--quiet", env=env)
         assert result.returncode == 0, result.stderr
         asked = len(server.completed())
