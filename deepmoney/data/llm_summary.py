@@ -21,8 +21,9 @@ from deepmoney.config import DeepmoneyConfig, RoleConfig
 from deepmoney.data.document import Chapter, Document
 from deepmoney.data.summarize import ContextSummary, ExtractiveSummarizer
 from deepmoney.errors import UserError
+from deepmoney.llm.backends import make_backend
 from deepmoney.llm.cache import RequestCache, request_key
-from deepmoney.llm.client import ChatBackend, LLMRequestError, OpenAIChatClient, RetryPolicy, Sampling
+from deepmoney.llm.client import ChatBackend, LLMRequestError, Sampling
 from deepmoney.llm.errors import LLMGaveUp
 from deepmoney.llm.roles import Endpoint, parse_endpoint
 from deepmoney.synth.prompts import render
@@ -124,15 +125,8 @@ async def _ask_all(backend: ChatBackend, docs: Iterable[Document], summarizer: L
 def prefetch_summaries(docs: Iterable[Document], summarizer: LLMSummarizer, quiet: bool = False) -> int:
     """Ask the summarizer about every document (cached answers are not asked again); return failures."""
     cache = RequestCache(summarizer.cache_path)
-    endpoint, role = summarizer.endpoint, summarizer.role
-    backend: ChatBackend
-    if endpoint.kind == "local":
-        from deepmoney.llm.local import LocalChatBackend
-
-        backend = LocalChatBackend(endpoint, cache=cache)
-    else:
-        policy = RetryPolicy(timeout=role.timeout)
-        backend = OpenAIChatClient(endpoint, concurrency=role.concurrency, policy=policy, cache=cache)
+    role = summarizer.role
+    backend = make_backend(summarizer.endpoint, cache, role.concurrency, role.timeout)
     try:
         return asyncio.run(_ask_all(backend, docs, summarizer, quiet))
     finally:

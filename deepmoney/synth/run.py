@@ -32,8 +32,9 @@ from deepmoney.data.chapters import split_chapters
 from deepmoney.data.document import Chapter, Document
 from deepmoney.data.ingest import load_collections, read_documents, resolve_inputs
 from deepmoney.errors import InputRejected, UserError
+from deepmoney.llm.backends import make_backend
 from deepmoney.llm.cache import RequestCache
-from deepmoney.llm.client import ChatBackend, LLMRequestError, OpenAIChatClient, RetryPolicy, Sampling
+from deepmoney.llm.client import ChatBackend, LLMRequestError, Sampling
 from deepmoney.llm.errors import LLMGaveUp
 from deepmoney.llm.roles import Endpoint
 from deepmoney.storage import Storage, join
@@ -157,18 +158,6 @@ def check_roles(endpoints: dict[str, Endpoint], options: SynthOptions) -> None:
             "tends to answer from what it knows rather than from the chapter; use a different --answerer, or pass "
             "--allow-same-model to do it anyway"
         )
-
-
-def make_backend(endpoint: Endpoint, cache: RequestCache, options: SynthOptions) -> ChatBackend:
-    """The backend for one role: in-process for local:, OpenAI-compatible HTTP otherwise."""
-    if endpoint.kind == "local":
-        from deepmoney.llm.local import LocalChatBackend
-
-        return LocalChatBackend(endpoint, cache=cache)
-    role = options.roles[endpoint.role]
-    return OpenAIChatClient(
-        endpoint, concurrency=role.concurrency, policy=RetryPolicy(timeout=role.timeout), cache=cache
-    )
 
 
 class Synthesizer:
@@ -341,7 +330,10 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
         resumed = len(cache)
         if resumed:
             log.info("resuming: %d answers are already in the request cache and will not be asked again", resumed)
-        backends = {role: make_backend(endpoints[role], cache, options) for role in ROLES}
+        backends = {
+            role: make_backend(endpoints[role], cache, options.roles[role].concurrency, options.roles[role].timeout)
+            for role in ROLES
+        }
         try:
             outcomes = asyncio.run(_run_all(Synthesizer(backends, options), work, quiet))
         finally:

@@ -1,0 +1,16 @@
+"""One factory for a role's backend, wherever the role is used (synth roles, the pt summarizer)."""
+
+from __future__ import annotations
+
+from deepmoney.llm.cache import RequestCache
+from deepmoney.llm.client import ChatBackend, OpenAIChatClient, RetryPolicy
+from deepmoney.llm.roles import Endpoint
+
+
+def make_backend(endpoint: Endpoint, cache: RequestCache | None, concurrency: int, timeout: float) -> ChatBackend:
+    """In-process for `local:`, OpenAI-compatible HTTP otherwise."""
+    if endpoint.kind == "local":
+        from deepmoney.llm.local import LocalChatBackend  # imports torch: only when asked for
+
+        return LocalChatBackend(endpoint, cache=cache)
+    return OpenAIChatClient(endpoint, concurrency=concurrency, policy=RetryPolicy(timeout=timeout), cache=cache)
