@@ -67,6 +67,14 @@ ROLE_ARGS = ("--questioner", "{url}#questioner-34b", "--answerer", "{url}#answer
              "{url}#extractor-7b")  # fmt: skip
 
 
+def _without_run_time(path: Path) -> list[dict]:
+    """The lines of an output file, less the one field that differs between two separate runs."""
+    rows = [json.loads(line) for line in path.open()] if path.suffix == ".jsonl" else [json.loads(path.read_text())]
+    for row in rows:
+        row.get("meta", {}).pop("synthesized_at", None)
+    return rows
+
+
 def _synth_args(url: str, out: Path, *extra: str) -> list[str]:
     roles = [a.format(url=url) for a in ROLE_ARGS]
     return ["synth", "--input", str(SAMPLE_CORPUS), "--output", str(out), *roles, "--questions-per-chapter", "2",
@@ -138,6 +146,8 @@ def test_sigkill_then_resume_gives_the_same_dataset_without_repeating_requests(t
         (cache,) = tmp_path.glob(".sft.staging-*/state/requests.sqlite")
         with sqlite3.connect(cache) as db:
             committed = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        time.sleep(1.1)  # so that a fresh start time would be visibly later
+        resume_started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ)
         assert again.returncode == 0, again.stderr
         assert "resuming" in again.stderr
@@ -151,7 +161,11 @@ def test_sigkill_then_resume_gives_the_same_dataset_without_repeating_requests(t
     assert committed >= 20 - 16 and repeated == len(first_run) - committed
     assert sum(completed.values()) - len(first_run) == len(completed) - committed
     for name in ("alpaca.jsonl", "sharegpt.jsonl", "rejected.jsonl", "dataset_info.json"):
-        assert (tmp_path / "sft" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+        assert _without_run_time(tmp_path / "sft" / name) == _without_run_time(tmp_path / "reference" / name), name
+    # The resumed run is the killed run carried on: it keeps that run's start time.
+    resumed = [json.loads(line)["meta"]["synthesized_at"] for line in (tmp_path / "sft" / "alpaca.jsonl").open()]
+    assert set(resumed) == {json.loads((tmp_path / "sft" / "manifest.json").read_text())["created_at"]}
+    assert resumed[0] < resume_started
 
 
 def test_same_model_for_questioner_and_answerer_is_refused(tmp_path: Path) -> None:
@@ -208,7 +222,7 @@ def test_shards_merge_into_exactly_the_unsharded_dataset(tmp_path: Path) -> None
     merged = run_cli("synth-merge", "--input", *shards, "--output", str(tmp_path / "merged"))
     assert merged.returncode == 0, merged.stderr
     for name in ("alpaca.jsonl", "sharegpt.jsonl", "rejected.jsonl", "dataset_info.json"):
-        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+        assert _without_run_time(tmp_path / "merged" / name) == _without_run_time(tmp_path / "whole" / name), name
     incomplete = run_cli("synth-merge", "--input", *shards[:2], "--output", str(tmp_path / "bad"))
     assert_clean_error(incomplete, "shards 0..N-1")
     bad_spec = run_cli(*_synth_args("http://127.0.0.1:9/v1", tmp_path / "x", "--shard", "3/3"))

@@ -163,10 +163,11 @@ def check_roles(endpoints: dict[str, Endpoint], options: SynthOptions) -> None:
 class Synthesizer:
     """Drives the three roles over the chapters of the documents."""
 
-    def __init__(self, backends: dict[str, ChatBackend], options: SynthOptions) -> None:
+    def __init__(self, backends: dict[str, ChatBackend], options: SynthOptions, run_started: str = "") -> None:
         self.backends = backends
         self.options = options
         self.labels = {role: backend.endpoint.label for role, backend in backends.items()}
+        self.run_started = run_started
         self.prompt_digest = options.prompt_digest()
 
     async def _list(
@@ -239,6 +240,7 @@ class Synthesizer:
                     "assets": assets, "language": doc.language, "title": doc.title, "publisher": doc.publisher,
                     "date": doc.date, "chapter_truncated": work.truncated, "roles": self.labels,
                     "prompt_version": PROMPT_VERSION, "prompt_digest": self.prompt_digest,
+                    "synthesized_at": self.run_started,
                 },
             })  # fmt: skip
         earlier.extend(kept)
@@ -324,9 +326,9 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
         if previous.get("fingerprint") == fingerprint:
             log.info("%s is up to date; reusing it", output)
             return SynthResult(output, previous, reused=True)
-    started = time.time()
     with storage.staging_dir(output, key=fingerprint, keep_on_error=True) as staging:
         cache = RequestCache(staging / "state" / "requests.sqlite")
+        started = _run_started(staging / "state" / "started_at")
         resumed = len(cache)
         if resumed:
             log.info("resuming: %d answers are already in the request cache and will not be asked again", resumed)
@@ -335,7 +337,8 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
             for role in ROLES
         }
         try:
-            outcomes = asyncio.run(_run_all(Synthesizer(backends, options), work, quiet))
+            synthesizer = Synthesizer(backends, options, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))
+            outcomes = asyncio.run(_run_all(synthesizer, work, quiet))
         finally:
             cache.close()
         out = staging / "out"
@@ -396,6 +399,15 @@ def _rates(synth: Synthesizer, started: float) -> dict[str, Any]:
         "retries": sum(s.retries for s in stats),
         "cached": sum(s.cached for s in stats),
     }
+
+
+def _run_started(path: Path) -> float:
+    """When this run began; a resumed run is the same run, so it keeps the first start time."""
+    if path.exists():
+        return float(path.read_text())
+    now = time.time()
+    path.write_text(repr(now))
+    return now
 
 
 def _write_jsonl(path: Path, rows: Any) -> None:
