@@ -1,0 +1,1 @@
+"""Training: pt and sft on the packed corpora (the entrypoint arrives with the training issue)."""
