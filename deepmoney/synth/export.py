@@ -3,6 +3,9 @@ plus the `dataset_info.json` entries (`deepmoney_alpaca`, `deepmoney_sharegpt`) 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 ALPACA_FILE = "alpaca.jsonl"
@@ -48,3 +51,9 @@ def sharegpt(record: dict[str, Any]) -> dict[str, Any]:
         "system": record["system"],
         "meta": record["meta"],
     }
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """One JSON object per line, UTF-8, non-ASCII kept readable."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

@@ -45,10 +45,9 @@ def merge_shards(shards: list[str], output: str, storage: Storage | None = None)
     with storage.staging_dir(output) as staging:
         out = staging / "out"
         out.mkdir()
-        for name, rows in ((export.ALPACA_FILE, records), (export.SHAREGPT_FILE, map(_to_sharegpt, records)),
-                           ("rejected.jsonl", rejected)):  # fmt: skip
-            with open(out / name, "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        export.write_jsonl(out / export.ALPACA_FILE, records)
+        export.write_jsonl(out / export.SHAREGPT_FILE, map(_to_sharegpt, records))
+        export.write_jsonl(out / "rejected.jsonl", rejected)
         (out / "dataset_info.json").write_text(json.dumps(export.DATASET_INFO, indent=2), encoding="utf-8")
         manifest = {
             "kind": "sft-dataset",

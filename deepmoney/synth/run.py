@@ -345,9 +345,9 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
         out.mkdir(exist_ok=True)
         records = [r for o in outcomes for r in o.records]
         rejected += [r for o in outcomes for r in o.rejected]
-        _write_jsonl(out / export.ALPACA_FILE, map(export.alpaca, records))
-        _write_jsonl(out / export.SHAREGPT_FILE, map(export.sharegpt, records))
-        _write_jsonl(out / "rejected.jsonl", rejected)
+        export.write_jsonl(out / export.ALPACA_FILE, map(export.alpaca, records))
+        export.write_jsonl(out / export.SHAREGPT_FILE, map(export.sharegpt, records))
+        export.write_jsonl(out / "rejected.jsonl", rejected)
         (out / "dataset_info.json").write_text(json.dumps(export.DATASET_INFO, indent=2), encoding="utf-8")
         manifest = _manifest(fingerprint, work, records, rejected, backends, options, started, resumed)
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -408,12 +408,6 @@ def _run_started(path: Path) -> float:
     now = time.time()
     path.write_text(repr(now))
     return now
-
-
-def _write_jsonl(path: Path, rows: Any) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _manifest(
