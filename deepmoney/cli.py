@@ -7,7 +7,6 @@ staging directory is removed.
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 from collections.abc import Callable
@@ -20,8 +19,6 @@ import typer
 from deepmoney.config import dump_config, load_config, overrides_from_flags
 from deepmoney.errors import UserError
 from deepmoney.logs import setup_logging
-
-log = logging.getLogger("deepmoney")
 
 app = typer.Typer(
     name="deepmoney",

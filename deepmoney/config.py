@@ -249,8 +249,3 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
 def dump_config(config: DeepmoneyConfig) -> str:
     """The resolved configuration as YAML, as `deepmoney config show` prints it."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-
-
-def stage_fingerprint(section: BaseModel) -> dict[str, Any]:
-    """The JSON form of a config section, used in output digests so a config change re-runs a stage."""
-    return section.model_dump(mode="json")

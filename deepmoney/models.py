@@ -8,7 +8,6 @@ so Chinese (or any) text encodes without unknown tokens.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,8 +15,6 @@ from typing import Any
 
 from deepmoney import __version__
 from deepmoney.storage import sha256_file
-
-log = logging.getLogger(__name__)
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import logging
 import os
 import secrets
 import shutil
@@ -22,8 +21,6 @@ from typing import IO, Any
 
 from deepmoney.config import StorageConfig
 from deepmoney.errors import UserError
-
-log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 

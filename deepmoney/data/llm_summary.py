@@ -65,7 +65,7 @@ class LLMSummarizer:
         assert config.summarizer is not None
         self.role = config.summarizer
         self.endpoint = summarizer_endpoint(self.role)
-        self.name = f"llm:{self.endpoint.label}"
+        self.name = f"llm:{self.endpoint.label}"  # the same name summarize.summarizer_name gives
         self.template = _template(self.role)
         self.cache_path = cache_path
         self.fallback = ExtractiveSummarizer(config.data.summary)

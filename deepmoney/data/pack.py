@@ -78,11 +78,6 @@ class BlockPacker:
         self._buffer[: self._fill] = state["buffer"]
         self._starts, self._docs, self._offsets = list(state["starts"]), list(state["docs"]), list(state["offsets"])
 
-    @property
-    def remainder(self) -> int:
-        """Tokens in the unfinished last block: what `finish` drops."""
-        return self._fill
-
     def finish(self) -> int:
         """Drop the final partial block; return how many tokens that was."""
         dropped = self._fill

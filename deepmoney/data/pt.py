@@ -44,7 +44,7 @@ from deepmoney.data.pack import BlockPacker
 from deepmoney.data.process import DocumentProcessor, Prepared, Task, TaskResult
 from deepmoney.data.readers import FORMATS, jsonl_chunks
 from deepmoney.data.shards import ShardWriter
-from deepmoney.data.summarize import make_summarizer
+from deepmoney.data.summarize import make_summarizer, summarizer_name
 from deepmoney.data.tokenize import TokenizerSpec, resolve_tokenizer
 from deepmoney.errors import InputRejected, UserError
 from deepmoney.parallel import ordered_map, worker_count
@@ -244,14 +244,14 @@ def build_pt(
     output = str(output)
     started = time.perf_counter()
     storage.check_writable(output)
-    summarizer_name = make_summarizer(config).name  # fails now, not in a worker, if misconfigured
+    summarizer_label = summarizer_name(config)  # fails now, not in a worker, if misconfigured
     resolved = resolve_inputs(inputs, storage)
     if strict and resolved.rejected:
         bad = resolved.rejected[0]
         raise UserError(f"{bad.path}: {bad.reason} (--strict stops at the first bad input)")
     with tempfile.TemporaryDirectory(prefix="deepmoney-tok-") as scratch:
         spec = resolve_tokenizer(tokenizer_uri, storage, Path(scratch))
-        fingerprint = _fingerprint(resolved.files, resolved.collections, spec.digest, config, summarizer_name)
+        fingerprint = _fingerprint(resolved.files, resolved.collections, spec.digest, config, summarizer_label)
         previous = _existing_manifest(storage, output)
         if previous and previous.get("fingerprint") == fingerprint:
             log.info("%s is up to date (same inputs, tokenizer and config); reusing it", output)
@@ -302,7 +302,7 @@ def build_pt(
             shards = run.writer.close()
             run.close()
             manifest = _finish(
-                storage, output, inputs, run, shards, tokens_dropped, config, spec, summarizer_name, resolved, started
+                storage, output, inputs, run, shards, tokens_dropped, config, spec, summarizer_label, resolved, started
             )
     log.info(
         "pt corpus written to %s: %d documents, %d tokens, %d blocks",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ from deepmoney.data.document import Document
 from deepmoney.data.text import decode_text, detect_language, find_date
 from deepmoney.errors import InputRejected
 from deepmoney.storage import FileRef, Storage
-
-log = logging.getLogger(__name__)
 
 FORMATS = {
     ".pdf": "pdf",

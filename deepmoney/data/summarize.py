@@ -147,7 +147,16 @@ class ExtractiveSummarizer:
         )
 
 
-def make_summarizer(config: DeepmoneyConfig, cache_path: Path | None = None) -> Summarizer:
+def summarizer_name(config: DeepmoneyConfig) -> str:
+    """Which summarizer a config selects (checking its endpoint): part of the pt fingerprint."""
+    if config.summarizer is None:
+        return ExtractiveSummarizer.name
+    from deepmoney.data.llm_summary import summarizer_endpoint
+
+    return f"llm:{summarizer_endpoint(config.summarizer).label}"
+
+
+def make_summarizer(config: DeepmoneyConfig, cache_path: Path) -> Summarizer:
     """The configured summarizer: extractive unless the `summarizer` LLM role is set.
 
     The LLM summarizer reads its answers from the request cache at `cache_path`, which
@@ -157,7 +166,7 @@ def make_summarizer(config: DeepmoneyConfig, cache_path: Path | None = None) -> 
         return ExtractiveSummarizer(config.data.summary)
     from deepmoney.data.llm_summary import LLMSummarizer
 
-    return LLMSummarizer(config, cache_path or Path("/nonexistent/requests.sqlite"))
+    return LLMSummarizer(config, cache_path)
 
 
 def pt_text(doc: Document, summary: ContextSummary | None) -> str:

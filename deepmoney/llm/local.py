@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from deepmoney.errors import UserError
 from deepmoney.llm.cache import RequestCache
 from deepmoney.llm.client import CachedChat, ClientStats, Completion, LLMRequestError, Sampling
 from deepmoney.llm.roles import Endpoint
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
