@@ -7,6 +7,7 @@ staging directory is removed.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -35,6 +36,7 @@ GROUPS = {
 }
 # Options that take several values after one flag (`--input a b c`) as well as repeated flags.
 MULTI_VALUE_OPTIONS = {"--input", "--tokenizer-corpus"}
+LAUNCHED_ENV = "DEEPMONEY_LAUNCHED"  # set by the local launcher in the ranks it starts
 
 
 @dataclass
@@ -213,6 +215,80 @@ def synth_merge(
     )
 
 
+def train(
+    ctx: typer.Context,
+    stage: Annotated[str | None, typer.Option("--stage", help="pt (packed corpus) or sft (chat examples).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Base model directory or s3:// URI.")] = None,
+    data: Annotated[
+        str | None, typer.Option("--data", help="pt corpus or sft dataset (directory, file, s3://).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Output directory (shared by all ranks).")
+    ] = None,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            "--launcher",
+            help="auto: this process is a rank under torchrun, else local; "
+            "local: torchrun with --nproc ranks here; none: run as one rank now.",
+        ),
+    ] = "auto",
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Local launcher: processes or GPUs.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Optimizer steps.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the data without --max-steps.")] = None,
+    micro_batch: Annotated[int | None, typer.Option("--micro-batch", min=1, help="Blocks per rank per pass.")] = None,
+    grad_accum: Annotated[int | None, typer.Option("--grad-accum", min=1, help="Micro-batches per step.")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--learning-rate", help="Peak learning rate.")] = None,
+    zero: Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage: 0, 1, 2 or 3.")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters or all parameters.")] = None,
+    save_every: Annotated[int | None, typer.Option("--save-every", min=1, help="Steps between checkpoints.")] = None,
+    block_size: Annotated[int | None, typer.Option("--block-size", min=16, help="sft tokens per block.")] = None,
+    max_restarts: Annotated[
+        int | None, typer.Option("--max-restarts", min=0, help="Local launcher: restarts after a failure.")
+    ] = None,
+) -> None:
+    """Train pt or sft (full or LoRA, DeepSpeed ZeRO), resuming from the newest checkpoint; logs to MLflow."""
+    options = _global(ctx)
+    flags = {"stage": stage, "model": model, "data": data, "output": output, "nproc": nproc,
+             "max_steps": max_steps, "epochs": epochs, "micro_batch": micro_batch, "grad_accum": grad_accum,
+             "learning_rate": learning_rate, "zero.stage": zero, "lora.enabled": lora, "save_every": save_every,
+             "block_size": block_size, "max_restarts": max_restarts}  # fmt: skip
+    config = load_config(options.config, overrides_from_flags(**{f"train.{k}": v for k, v in flags.items()}))
+    if launcher not in ("auto", "local", "none"):
+        raise UserError(f"--launcher {launcher}: expected auto, local or none")
+    from deepmoney.train.distributed import needs_torchrun
+
+    if launcher == "auto" and needs_torchrun(os.environ):
+        _exec_torchrun(options.config, config)
+    if launcher == "local" or (launcher == "auto" and "RANK" not in os.environ):
+        from deepmoney.launch.local import launch_local
+
+        manifest = launch_local(config, quiet=options.quiet)
+    else:
+        from deepmoney.train.trainer import train as run_training
+
+        manifest = run_training(config, quiet=options.quiet)
+        if os.environ.get("RANK", "0") != "0" or os.environ.get(LAUNCHED_ENV):
+            return  # one summary per run: rank 0's, or the local launcher's
+    typer.echo(
+        f"trained {manifest['stage']}: {manifest['steps']} steps, {manifest['tokens']} tokens at "
+        f"{manifest['tokens_per_second']:.0f} tokens/s, final loss {manifest['final_loss']:.4f}\n"
+        f"  model         {manifest['final']}\n"
+        f"  mlflow run    {manifest['mlflow_run_id'] or '(not tracked)'}"
+    )
+
+
+def _exec_torchrun(config_path: Path | None, config: Any) -> None:
+    """In a pod given only PET_* variables (Kubeflow Trainer), become the torchrun those variables describe."""
+    from deepmoney.train.distributed import torchrun_argv
+
+    argv = [sys.executable, "-m", "torch.distributed.run", *torchrun_argv(os.environ, config.train.max_restarts),
+            "-m", "deepmoney.train", *sys.argv[1:]]  # fmt: skip
+    if "--launcher" not in argv:
+        argv += ["--launcher", "none"]
+    os.execv(sys.executable, argv)
+
+
 def quickstart(
     ctx: typer.Context,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
@@ -236,6 +312,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "data build-pt": data_build_pt,
     "synth": synth,
     "synth-merge": synth_merge,
+    "train": train,
     "quickstart": quickstart,
 }
 

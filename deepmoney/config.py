@@ -150,6 +150,96 @@ class SynthConfig(Section):
     )
 
 
+class ZeroConfig(Section):
+    """DeepSpeed ZeRO: how optimizer state, gradients and parameters are split across ranks."""
+
+    stage: Literal[0, 1, 2, 3] = Field(
+        2, description="ZeRO stage: 2 splits optimizer state and gradients, 3 also weights."
+    )
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory (DeepSpeed CPU Adam).")
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (stage 3 only).")
+    overlap_comm: bool = Field(True, description="Overlap gradient reduction with the backward pass.")
+    bucket_size: int = Field(
+        200_000_000, ge=1_000_000, description="Elements per reduce/all-gather bucket; lower it if memory is tight."
+    )
+
+
+class LoraConfig(Section):
+    """LoRA adapters (peft) instead of full-parameter training."""
+
+    enabled: bool = Field(False, description="Train LoRA adapters; the base weights stay frozen.")
+    rank: int = Field(16, ge=1, le=1024, description="Adapter rank r.")
+    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / rank).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear (every linear layer but the output head)."
+    )
+    merge: bool = Field(True, description="Merge the adapters into the weights of the output model.")
+
+
+class MlflowConfig(Section):
+    """Experiment tracking (rank 0 only). Without a tracking URI, training runs and says so once."""
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking server; unset = MLFLOW_TRACKING_URI.")
+    experiment: str = Field("deepmoney", description="Experiment the runs go to.")
+    run_name: str | None = Field(None, description="Run name; unset = <stage>-<output directory name>.")
+    log_model: Literal["copy", "reference", "none"] = Field(
+        "copy",
+        description="copy: log the output model with mlflow.transformers; reference: log only where the "
+        "weights are stored (for models too large to copy); none: log no model.",
+    )
+    system_metrics: bool = Field(True, description="Log CPU/GPU/memory use as system metrics.")
+    timeout: float = Field(10.0, gt=0, description="Seconds one MLflow request may take before it counts as failed.")
+
+
+class TrainConfig(Section):
+    """Training (pt or sft): the loop, the schedule, checkpoints and the launcher."""
+
+    stage: Literal["pt", "sft"] = Field("pt", description="pt: packed corpus blocks; sft: chat examples.")
+    model: str | None = Field(None, description="Base model directory or s3:// URI; unset = model.base_model.")
+    data: str | None = Field(None, description="pt corpus (build-pt output) or sft dataset (synth output or JSONL).")
+    output: str | None = Field(None, description="Output directory: checkpoints/, final/, manifest.json.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; unset = `epochs` passes over the data.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the data when max_steps is unset.")
+    micro_batch: int = Field(4, ge=1, description="Blocks per rank per forward pass.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    global_batch: int | None = Field(
+        None, ge=1, description="Blocks per optimizer step over all ranks; when set, grad_accum is derived from it."
+    )
+    learning_rate: float | None = Field(
+        None, gt=0, description="Peak learning rate; unset = 2e-5 for full training, 2e-4 for LoRA."
+    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final learning rate as a share of the peak.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of the steps spent warming up linearly.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 = off).")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto = bf16 on GPUs that support it, else fp32."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel; flash_attention_2 keeps packed examples apart by positions alone."
+    )
+    block_size: int | None = Field(
+        None, ge=16, description="sft: tokens per packed block; unset = 1024, capped at the model's positions."
+    )
+    train_on_prompt: bool = Field(False, description="sft: learn the prompt tokens too, not only the answers.")
+    save_every: int = Field(
+        500, ge=1, description="Optimizer steps between checkpoints (one is also written at the end)."
+    )
+    keep_last: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
+    resume: bool = Field(True, description="Continue from the newest complete checkpoint in the output directory.")
+    log_every: int = Field(10, ge=1, description="Optimizer steps between metric lines.")
+    seed: int = Field(42, description="Seed of data order and initialisation of new weights.")
+    loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
+    nproc: int = Field(1, ge=1, description="Local launcher: processes (CPU) or GPUs on this machine.")
+    max_restarts: int = Field(3, ge=0, description="Local launcher: restarts of the process group after a failure.")
+    zero: ZeroConfig = Field(default_factory=ZeroConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+
 class DeepmoneyConfig(BaseSettings):
     """The whole configuration. YAML file from `--config` or DEEPMONEY_CONFIG; env `DEEPMONEY_DATA__BLOCK_SIZE=512`."""
 
@@ -164,6 +254,7 @@ class DeepmoneyConfig(BaseSettings):
         None, description="LLM that writes the context summaries; unset = the offline extractive summarizer."
     )
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @classmethod
     def settings_customise_sources(

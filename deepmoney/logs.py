@@ -2,7 +2,9 @@
 
 import logging
 import os
+import shutil
 import sys
+import warnings
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
@@ -19,3 +21,9 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     # These libraries log every HTTP call or file lock at INFO; keep the CLI's log about our work.
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "filelock", "datasets", "httpx"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # DeepSpeed (imported by accelerate whenever it is installed) warns at import that it picked the
+    # CPU accelerator; on a machine without NVIDIA devices say so up front and skip the detection.
+    if not (os.path.exists("/dev/nvidiactl") or shutil.which("nvidia-smi")):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # DeepSpeed's ZeRO still calls the old name of this collective; the warning says nothing to our users.
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+.* is deprecated", category=FutureWarning)

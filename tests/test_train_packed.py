@@ -45,6 +45,7 @@ def test_each_segment_matches_running_it_alone(packed_corpus: Path, tiny_model: 
         for left, right in zip(starts, [*starts[1:], len(item["input_ids"])], strict=True):
             alone = model(input_ids=item["input_ids"][None, left:right]).logits[0]
             torch.testing.assert_close(packed[left:right], alone, atol=1e-4, rtol=1e-4)
+        batch.pop("n_tokens")
         loss = model(**batch).loss
     assert torch.isfinite(loss)
 
@@ -52,3 +53,17 @@ def test_each_segment_matches_running_it_alone(packed_corpus: Path, tiny_model: 
 def test_missing_shards_are_reported(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="build-pt output"):
         PackedPtDataset(tmp_path)
+
+
+def test_single_segment_batches_use_plain_causal_attention(packed_corpus: Path, tiny_model: Path) -> None:
+    """A batch of whole-segment blocks goes without a mask; the logits equal the masked computation."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, local_files_only=True).eval()
+    ids = torch.arange(3, 67)
+    batch = collate([{"input_ids": ids, "segment_starts": [0]}])
+    assert "attention_mask" not in batch
+    assert batch["n_tokens"] == 64
+    mask = block_causal_mask([0], 64)[None, None]
+    with torch.no_grad():
+        plain = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        masked = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=mask).logits
+    torch.testing.assert_close(plain, masked, atol=1e-4, rtol=1e-4)

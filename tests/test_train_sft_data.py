@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from deepmoney.train.packed import IGNORE_INDEX
-from deepmoney.train.sft_data import block_inputs, conversations, pack, tokenize
+from deepmoney.train.packed import IGNORE_INDEX, collate
+from deepmoney.train.sft_data import block_item, conversations, pack, tokenize
 
 CHAT = [
     {"role": "system", "content": "You are an analyst."},
@@ -57,15 +57,17 @@ def test_packing_keeps_examples_apart(tiny_model: Path) -> None:
     assert packed.padding_tokens == len(packed.blocks) * block - sum(len(e.input_ids) for e in examples)
     assert len(packed.blocks) < len(examples)  # short examples share blocks
     first = next(b for b in packed.blocks if len(b) >= 2)
-    inputs = block_inputs(first, block, tokenizer.pad_token_id)
+    item = block_item(first, block, tokenizer.pad_token_id)
+    assert item["tokens"] == sum(len(e.input_ids) for e in first)
+    inputs = collate([item])
     with torch.no_grad():
-        logits = model(input_ids=inputs["input_ids"][None], position_ids=inputs["position_ids"][None],
-                       attention_mask=inputs["attention_mask"][None]).logits[0]  # fmt: skip
+        logits = model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                       attention_mask=inputs["attention_mask"]).logits[0]  # fmt: skip
         start = 0
         for example in first:
             alone = model(input_ids=torch.tensor([example.input_ids])).logits[0]
             torch.testing.assert_close(logits[start : start + len(example.input_ids)], alone, atol=1e-4, rtol=1e-4)
             start += len(example.input_ids)
-    assert (inputs["labels"][start:] == IGNORE_INDEX).all()  # padding is never a target
+    assert (inputs["labels"][0, start:] == IGNORE_INDEX).all()  # padding is never a target
     long = pack([tokenize(chats[0], tokenizer)], 8)
     assert long.truncated == 1 and len(long.blocks[0][0].input_ids) == 8

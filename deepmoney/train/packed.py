@@ -70,12 +70,22 @@ class PackedPtDataset(Dataset):
         return {"input_ids": ids, "segment_starts": starts}
 
 
-def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack blocks into model inputs: ids, labels, per-segment positions and the 4D attention mask."""
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack blocks into model inputs: ids, labels, per-segment positions and the 4D attention mask.
+
+    Items may carry their own labels (sft); pt labels follow from the segment starts. A batch in
+    which every block is one whole segment needs no mask: plain causal attention is the same thing
+    and lets the attention kernel take its causal fast path. `n_tokens` counts non-padding tokens.
+    """
     length = batch[0]["input_ids"].numel()
-    return {
+    single = all(len(b["segment_starts"]) == 1 for b in batch)
+    out: dict[str, Any] = {
         "input_ids": torch.stack([b["input_ids"] for b in batch]),
-        "labels": torch.stack([labels(b["input_ids"], b["segment_starts"]) for b in batch]),
+        "labels": torch.stack([b["labels"] if "labels" in b else labels(b["input_ids"], b["segment_starts"])
+                               for b in batch]),
         "position_ids": torch.stack([position_ids(b["segment_starts"], length) for b in batch]),
-        "attention_mask": torch.stack([block_causal_mask(b["segment_starts"], length) for b in batch])[:, None],
-    }
+        "n_tokens": sum(b.get("tokens", length) for b in batch),
+    }  # fmt: skip
+    if not single:
+        out["attention_mask"] = torch.stack([block_causal_mask(b["segment_starts"], length) for b in batch])[:, None]
+    return out

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from deepmoney.train.packed import IGNORE_INDEX, block_causal_mask, position_ids
+from deepmoney.train.packed import IGNORE_INDEX
 
 
 @dataclass
@@ -104,8 +104,12 @@ def pack(examples: list[Example], block_size: int) -> PackedSft:
     return packed
 
 
-def block_inputs(block: list[Example], block_size: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Model inputs for one block: examples as segments, the rest padding (masked, not learned)."""
+def block_item(block: list[Example], block_size: int, pad_id: int) -> dict[str, Any]:
+    """One block as a dataset item: examples as segments, the rest padding (masked, not learned).
+
+    `packed.collate` turns items into model inputs (positions restarting per example, the
+    block-diagonal mask); `tokens` is the count of non-padding tokens.
+    """
     ids: list[int] = []
     labels: list[int] = []
     starts: list[int] = []
@@ -113,13 +117,9 @@ def block_inputs(block: list[Example], block_size: int, pad_id: int) -> dict[str
         starts.append(len(ids))
         ids += example.input_ids
         labels += [IGNORE_INDEX, *example.labels[1:]]  # a segment's first token has no context
+    tokens = len(ids)
     if len(ids) < block_size:
         starts.append(len(ids))  # padding is a segment of its own: nothing attends to it
         labels += [IGNORE_INDEX] * (block_size - len(ids))
         ids += [pad_id] * (block_size - len(ids))
-    return {
-        "input_ids": torch.tensor(ids),
-        "labels": torch.tensor(labels),
-        "position_ids": position_ids(starts, block_size),
-        "attention_mask": block_causal_mask(starts, block_size)[None],
-    }
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "segment_starts": starts, "tokens": tokens}

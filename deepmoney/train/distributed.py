@@ -1,0 +1,120 @@
+"""The distributed environment that torchrun, the Training Operator and Kubeflow Trainer set.
+
+torchrun (and a PyTorchJob whose command is torchrun) gives each process `RANK`, `WORLD_SIZE`,
+`LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` and `MASTER_PORT`. Kubeflow Trainer v2 and the
+Training Operator's elastic mode instead give the pod `PET_NNODES`, `PET_NPROC_PER_NODE`,
+`PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT`, the arguments of a torchrun the
+container is expected to run; `torchrun_argv` turns them into that command, so the entrypoint
+works as the container command in either case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
+
+
+def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
+    """The process's place in the job, from torchrun's variables (a single process when unset)."""
+    env = os.environ if env is None else env
+    world = _int(env, "WORLD_SIZE", 1)
+    rank = _int(env, "RANK", 0)
+    local_rank = _int(env, "LOCAL_RANK", 0)
+    local_world = _int(env, "LOCAL_WORLD_SIZE", world)
+    if not 0 <= rank < world or not 0 <= local_rank < local_world:
+        raise ValueError(
+            f"inconsistent distributed environment: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local_rank}"
+        )
+    return DistEnv(rank, world, local_rank, local_world)
+
+
+def needs_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    """True in a pod given only `PET_*` torchrun arguments (Trainer v2), not yet under torchrun."""
+    env = os.environ if env is None else env
+    return "RANK" not in env and "PET_NNODES" in env
+
+
+def torchrun_argv(env: Mapping[str, str], max_restarts: int) -> list[str]:
+    """torchrun arguments from the `PET_*` variables of Kubeflow Trainer / Training Operator pods."""
+    argv = [
+        f"--nnodes={env['PET_NNODES']}",
+        f"--nproc-per-node={env.get('PET_NPROC_PER_NODE', 'auto')}",
+        f"--max-restarts={max_restarts}",
+    ]
+    if "PET_NODE_RANK" in env:
+        argv.append(f"--node-rank={env['PET_NODE_RANK']}")
+    if "PET_MASTER_ADDR" in env:
+        argv += [f"--master-addr={env['PET_MASTER_ADDR']}", f"--master-port={env.get('PET_MASTER_PORT', '29500')}"]
+    return argv
+
+
+def backend() -> str:
+    """NCCL on GPUs, gloo on CPU."""
+    import torch
+
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+@contextlib.contextmanager
+def process_group(env: DistEnv, timeout_minutes: int = 30) -> Iterator[None]:
+    """Join the process group for the duration of the block, and always leave it cleanly.
+
+    A process that exits with the group still up can abort at interpreter exit (SIGABRT after a
+    finished run), so the group is torn down on every path, errors included.
+    """
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(env.local_rank)
+    deepspeed.init_distributed(
+        dist_backend=backend(), timeout=datetime.timedelta(minutes=timeout_minutes), verbose=False
+    )
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if dist.is_initialized():
+            if not failed:
+                with contextlib.suppress(Exception):
+                    dist.barrier()
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()

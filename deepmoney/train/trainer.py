@@ -1,0 +1,426 @@
+"""The training loop that every launcher runs: torchrun here, a PyTorchJob pod or a TrainJob node there.
+
+One process per rank. It reads the distributed environment, checks the data against the model,
+builds the DeepSpeed engine from the typed config, resumes from the newest complete checkpoint,
+trains pt (packed corpus blocks) or sft (packed chat examples) with per-segment positions and
+masks, checkpoints every `save_every` steps, and ends with a Hugging Face model directory and
+`manifest.json` (steps, effective tokens/s, MLflow run id). Rank 0 alone logs and writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepmoney import __version__
+from deepmoney.config import DeepmoneyConfig, TrainConfig
+from deepmoney.errors import UserError
+from deepmoney.storage import Storage
+from deepmoney.train import checkpoint
+from deepmoney.train.datasets import StepBatches, TrainData, load_pt, load_sft, sft_file, steps_for
+from deepmoney.train.distributed import DistEnv, dist_env, process_group
+from deepmoney.train.ds_config import Batching, batching, deepspeed_config, resolve_precision
+from deepmoney.train.model import (
+    build_model,
+    check_memory,
+    export_final,
+    fetch_model,
+    flops_per_token,
+    model_shape,
+    out_of_memory_advice,
+    peak_flops,
+    warmup_steps,
+)
+from deepmoney.train.packed import collate
+from deepmoney.train.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+PROGRESS_FILE = "progress.json"
+
+
+def default_learning_rate(train: TrainConfig) -> float:
+    return train.learning_rate or (2e-4 if train.lora.enabled else 2e-5)
+
+
+def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
+    """Multiplier of the peak learning rate at each step: linear warmup, then cosine/linear decay."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return factor
+
+
+def run_fingerprint(config: DeepmoneyConfig, model: str, data: str) -> str:
+    """What decides the result: the training config and the inputs (launch-only knobs excluded)."""
+    train = config.train.model_dump(mode="json", exclude={"nproc", "max_restarts", "loader_workers", "mlflow"})
+    blob = json.dumps({"train": train, "model": model, "data": data}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def required(train: TrainConfig, config: DeepmoneyConfig) -> tuple[str, str, Path]:
+    """Model, data and output of the run, each from its flag or config key; one line if any is missing."""
+    model = train.model or config.model.base_model
+    missing = [name for name, value in (("--model", model), ("--data", train.data), ("--output", train.output))
+               if not value]  # fmt: skip
+    if missing:
+        raise UserError(f"missing {', '.join(missing)} (or train.model / train.data / train.output in the config)")
+    if str(train.output).startswith("s3://"):
+        raise UserError("--output must be a directory all ranks share (a local path or a mounted volume), not S3")
+    return str(model), str(train.data), Path(str(train.output))
+
+
+def preflight(config: DeepmoneyConfig, world_size: int) -> tuple[Path, dict[str, Any] | None]:
+    """Checks a launcher runs before starting any rank, so that a mistake is reported, not retried.
+
+    Returns the output directory and, when it already holds this finished run, its manifest.
+    """
+    import torch
+
+    train = config.train
+    model_uri, data_uri, output = required(train, config)
+    finished = _finished(output, run_fingerprint(config, model_uri, data_uri))
+    if finished is not None:
+        return output, finished
+    batch = batching(train, world_size)
+    cuda = torch.cuda.is_available()
+    precision = resolve_precision(train, cuda, cuda and torch.cuda.is_bf16_supported())
+    deepspeed_config(train, batch, precision, default_learning_rate(train), not train.zero.offload_optimizer)
+    if not model_uri.startswith("s3://"):
+        fetch_model(model_uri, Storage(config.storage), output / ".cache", DistEnv())
+    if not data_uri.startswith("s3://"):
+        data = Path(data_uri)
+        if not data.exists():
+            raise UserError(f"training data not found: {data_uri}")
+        if train.stage == "sft":
+            sft_file(data)
+        elif not (data / "manifest.json").is_file():
+            raise UserError(
+                f"{data} is not a pt corpus (no manifest.json); build one with `deepmoney data build-pt`, "
+                "or use --stage sft for an sft dataset"
+            )
+    return output, None
+
+
+@dataclass
+class _Progress:
+    """Where the run stands; saved in every checkpoint so a resumed run continues the counts."""
+
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    resumes: list[dict[str, int]] = field(default_factory=list)
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "tokens": self.tokens, "seconds": self.seconds, "first_loss": self.first_loss,
+                "last_loss": self.last_loss, "resumes": self.resumes}  # fmt: skip
+
+
+def train(config: DeepmoneyConfig, env: DistEnv | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run (or resume) the configured training on this rank; returns the output manifest."""
+    env = env or dist_env()
+    model_uri, data_uri, output = required(config.train, config)
+    fingerprint = run_fingerprint(config, model_uri, data_uri)
+    finished = _finished(output, fingerprint)
+    if finished is not None:
+        if env.is_main:
+            log.info("%s already holds this finished run (manifest.json); nothing to do", output)
+        return finished
+    if env.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    if not env.is_main:
+        logging.getLogger("deepmoney").setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # loading a few shards needs no bar on every rank
+    with process_group(env):
+        return _Run(config, env, model_uri, data_uri, output, fingerprint, quiet).run()
+
+
+def _finished(output: Path, fingerprint: str) -> dict[str, Any] | None:
+    manifest = output / "manifest.json"
+    if not manifest.is_file():
+        return None
+    previous = json.loads(manifest.read_text(encoding="utf-8"))
+    if previous.get("fingerprint") == fingerprint and (output / "final").is_dir():
+        return previous
+    raise UserError(
+        f"{output} holds a finished run with other settings (manifest.json); choose a new --output, "
+        "or delete that directory to train again"
+    )
+
+
+class _Run:
+    def __init__(
+        self, config: DeepmoneyConfig, env: DistEnv, model_uri: str, data_uri: str, output: Path,
+        fingerprint: str, quiet: bool,
+    ) -> None:  # fmt: skip
+        self.config, self.train, self.env = config, config.train, env
+        self.model_uri, self.data_uri, self.output = model_uri, data_uri, output
+        self.fingerprint, self.quiet = fingerprint, quiet
+        self.storage = Storage(config.storage)
+        self.cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", env.local_rank) if self.cuda else torch.device("cpu")
+
+    def _barrier(self) -> None:
+        if self.env.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _load_data(self, model_dir: Path) -> TrainData:
+        data = Path(self.data_uri)
+        if self.data_uri.startswith("s3://"):
+            data = self.output / ".cache" / "data"
+            if self.env.local_rank == 0 and not (data / ".complete").is_file():
+                self.storage.download_tree(self.data_uri, data)
+                (data / ".complete").touch()
+            self._barrier()
+        elif not data.exists():
+            raise UserError(f"training data not found: {self.data_uri}")
+        scratch = self.output / ".cache" / f"rank{self.env.rank}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        if self.train.stage == "pt":
+            return load_pt(data, model_dir, self.storage, scratch)
+        return load_sft(data, model_dir, self.train.block_size, self.train.train_on_prompt, self.train.seed)
+
+    def run(self) -> dict[str, Any]:
+        train, env = self.train, self.env
+        model_dir = fetch_model(self.model_uri, self.storage, self.output / ".cache", env)
+        data = self._load_data(model_dir)
+        batch = batching(train, env.world_size)
+        precision = resolve_precision(train, self.cuda, self.cuda and torch.cuda.is_bf16_supported())
+        total = steps_for(train.max_steps, train.epochs, len(data), batch.global_batch)
+        StepBatches(len(data), batch.micro_batch, batch.grad_accum, 0, env.world_size, train.seed, 0, total)
+        shape = model_shape(model_dir)
+        check_memory(shape, train, data.block_size, env, precision)
+        lr = default_learning_rate(train)
+        client_optimizer = not train.zero.offload_optimizer
+        ds_config = deepspeed_config(train, batch, precision, lr, client_optimizer)
+        if env.is_main:
+            _atomic_json(self.output / "ds_config.json", ds_config)
+        torch.manual_seed(train.seed)
+        model, hf_ds = build_model(model_dir, train, precision, ds_config)
+        engine = self._engine(model, ds_config, lr, total, client_optimizer)
+        del hf_ds
+        tracker = Tracker(train.mlflow, env.is_main, self.output)
+        tracker.start(
+            train.mlflow.run_name or f"{train.stage}-{self.output.name}",
+            params={"train": train.model_dump(mode="json"), "model": self.model_uri, "data": data.info,
+                    "world_size": env.world_size, "global_batch": batch.global_batch, "total_steps": total,
+                    "precision": precision, "learning_rate": lr},
+            tags={"deepmoney.stage": train.stage, "deepmoney.fingerprint": self.fingerprint,
+                  "deepmoney.version": __version__},
+        )  # fmt: skip
+        progress = self._resume(engine)
+        if progress.step == 0:
+            tracker.log_dataset(data.info, context="training")
+            tracker.log_dict(ds_config, "deepspeed_config.json")
+        status = "FAILED"
+        try:
+            self._loop(engine, data, batch, total, progress, tracker, shape, precision)
+            final = export_final(engine, train, model_dir, self.output, env, precision)
+            manifest = self._manifest(progress, data, batch, total, tracker, precision)
+            if env.is_main and final is not None:
+                reference = {"uri": str(final.resolve()), "files": sorted(p.name for p in final.iterdir()),
+                             "fingerprint": self.fingerprint}  # fmt: skip
+                manifest["mlflow_model_uri"] = tracker.log_model(final, train.mlflow.log_model, reference)
+                tracker.log_dict(manifest, "deepmoney_manifest.json")
+                _atomic_json(self.output / "manifest.json", manifest)
+                log.info(
+                    "trained %d steps, %d tokens at %.0f tokens/s; model in %s; MLflow run %s",
+                    manifest["steps"], manifest["tokens"], manifest["tokens_per_second"], final,
+                    manifest["mlflow_run_id"] or "(none)",
+                )  # fmt: skip
+            status = "FINISHED"
+            self._barrier()
+            return manifest
+        except torch.OutOfMemoryError:
+            raise UserError(out_of_memory_advice(train, data.block_size, "the GPU ran out of memory")) from None
+        finally:
+            if env.is_main:
+                tracker.end(status if status == "FINISHED" else "FAILED")
+
+    def _engine(self, model: Any, ds_config: dict[str, Any], lr: float, total: int, client_optimizer: bool) -> Any:
+        import deepspeed
+
+        train = self.train
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = None
+        if client_optimizer:
+            fused = {"fused": True} if self.cuda else {}
+            optimizer = torch.optim.AdamW(
+                params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=train.weight_decay, **fused
+            )
+        factor = lr_lambda(total, warmup_steps(total, train.warmup_ratio), train.schedule, train.min_lr_ratio)
+        try:
+            engine, _, _, _ = deepspeed.initialize(
+                model=model,
+                optimizer=optimizer,
+                model_parameters=None if optimizer else params,
+                lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                config=ds_config,
+            )
+        except AssertionError as exc:  # DeepSpeed validates its config with asserts
+            raise UserError(f"DeepSpeed rejected the generated config: {exc}".splitlines()[0]) from None
+        return engine
+
+    def _resume(self, engine: Any) -> _Progress:
+        progress = _Progress()
+        root = self.output / "checkpoints"
+        if not self.train.resume:
+            return progress
+        loaded = checkpoint.load_newest(engine, root, self.env)
+        if loaded is None:
+            return progress
+        found, state = loaded
+        saved = state.get("progress", {})
+        progress = _Progress(**saved)
+        reached = self._reached()
+        progress.resumes.append({"from_step": found.step, "reached_step": max(reached, found.step),
+                                 "lost_steps": max(0, reached - found.step)})  # fmt: skip
+        log.info("resumed from %s (step %d; %d steps to redo)", found.path, found.step, max(0, reached - found.step))
+        return progress
+
+    def _reached(self) -> int:
+        path = self.output / PROGRESS_FILE
+        if not path.is_file():
+            return 0
+        try:
+            return int(json.loads(path.read_text(encoding="utf-8"))["step"])
+        except (ValueError, KeyError):
+            return 0
+
+    def _loop(
+        self, engine: Any, data: TrainData, batch: Batching, total: int, progress: _Progress, tracker: Tracker,
+        shape: dict[str, int], precision: str,
+    ) -> None:  # fmt: skip
+        import torch.distributed as dist
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        train, env = self.train, self.env
+        sampler = StepBatches(
+            len(data), batch.micro_batch, batch.grad_accum, env.rank, env.world_size, train.seed,
+            progress.step, total,
+        )  # fmt: skip
+        loader = DataLoader(
+            data.items, batch_sampler=sampler, collate_fn=collate, num_workers=train.loader_workers,
+            pin_memory=self.cuda, persistent_workers=False,
+        )  # fmt: skip
+        peak = peak_flops(precision)
+        flops = flops_per_token(shape, data.block_size)
+        bar = tqdm(total=total, initial=progress.step, desc=f"train {train.stage}", unit="step",
+                   disable=self.quiet or not env.is_main, dynamic_ncols=True)  # fmt: skip
+        window = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, micro-batches, tokens
+        window_start = time.perf_counter()
+        micro = 0
+        engine.train()
+        for inputs in loader:
+            tokens = inputs.pop("n_tokens")
+            inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+            loss = engine(**inputs).loss
+            engine.backward(loss)
+            engine.step()
+            window += torch.tensor([loss.item(), 1.0, float(tokens)], dtype=torch.float64, device=self.device)
+            micro += 1
+            if micro % batch.grad_accum:
+                continue
+            progress.step += 1
+            bar.update(1)
+            last = progress.step == total
+            if progress.step % train.log_every == 0 or last or progress.step == 1:
+                if env.distributed:
+                    dist.all_reduce(window)
+                elapsed = time.perf_counter() - window_start
+                progress.seconds += elapsed
+                progress.tokens += int(window[2].item())
+                mean_loss = window[0].item() / window[1].item()
+                if not math.isfinite(mean_loss):
+                    raise UserError(f"the loss became {mean_loss} at step {progress.step}; lower the learning rate "
+                                    f"(now {default_learning_rate(train)}) or raise train.warmup_ratio")  # fmt: skip
+                progress.first_loss = progress.first_loss if progress.first_loss is not None else mean_loss
+                progress.last_loss = mean_loss
+                tokens_per_second = window[2].item() / elapsed
+                metrics = {"loss": mean_loss, "learning_rate": engine.get_lr()[0],
+                           "tokens_per_second": tokens_per_second, "epoch": progress.step / max(1, len(data) //
+                           batch.global_batch), "tokens": float(progress.tokens)}  # fmt: skip
+                norm = engine.get_global_grad_norm()
+                if norm is not None:
+                    metrics["grad_norm"] = float(norm)
+                if peak:
+                    metrics["mfu"] = tokens_per_second * flops / (peak * env.world_size)
+                tracker.log_metrics(metrics, progress.step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens_per_second:.0f}")
+                window.zero_()
+                window_start = time.perf_counter()
+            if env.is_main:
+                _atomic_json(self.output / PROGRESS_FILE, {"step": progress.step})
+            if progress.step % train.save_every == 0 or last:
+                saved_at = time.perf_counter()
+                summary = {"loss": progress.last_loss, "tokens": progress.tokens}
+                checkpoint.save(engine, self.output / "checkpoints", progress.step,
+                                {"progress": progress.state(), "summary": summary}, env, train.keep_last)  # fmt: skip
+                window_start += time.perf_counter() - saved_at  # checkpoint time is not training time
+                if env.is_main:
+                    where = str(self.output / "checkpoints" / checkpoint.tag_for(progress.step))
+                    tracker.log_dict({"step": progress.step, "path": where}, f"checkpoints/{progress.step:08d}.json")
+        bar.close()
+
+    def _manifest(
+        self, progress: _Progress, data: TrainData, batch: Batching, total: int, tracker: Tracker, precision: str
+    ) -> dict[str, Any]:
+        train = self.train
+        return {
+            "kind": "model",
+            "deepmoney_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "fingerprint": self.fingerprint,
+            "stage": train.stage,
+            "base_model": self.model_uri,
+            "data": data.info,
+            "final": str(self.output / "final"),
+            "adapter": str(self.output / "adapter") if train.lora.enabled else None,
+            "lora": train.lora.model_dump(mode="json") if train.lora.enabled else None,
+            "steps": progress.step,
+            "planned_steps": total,
+            "tokens": progress.tokens,
+            "train_seconds": round(progress.seconds, 3),
+            "tokens_per_second": progress.tokens / progress.seconds if progress.seconds else 0.0,
+            "first_loss": progress.first_loss,
+            "final_loss": progress.last_loss,
+            "resumes": progress.resumes,
+            "world_size": self.env.world_size,
+            "global_batch": batch.global_batch,
+            "micro_batch": batch.micro_batch,
+            "grad_accum": batch.grad_accum,
+            "zero_stage": train.zero.stage,
+            "precision": precision,
+            "mlflow_run_id": tracker.run_id,
+            "mlflow_tracking_uri": tracker.uri if tracker.run_id else None,
+            "config": train.model_dump(mode="json"),
+        }
