@@ -1,10 +1,14 @@
 """The local launcher: the training entrypoint under torchrun, N processes on this machine.
 
 torchrun (torch.distributed.run, standalone rendezvous) starts N ranks — CPU processes with gloo,
-or one per GPU with NCCL — and restarts the whole group when one dies, up to `max_restarts`
-times; each restart resumes from the newest complete checkpoint. The launcher checks the inputs
-before starting anything (so a mistake is not retried), streams the ranks' output, stops at once
-on a rank's one-line user error, and when restarts run out fails with the last error it saw.
+or one per GPU with NCCL. When a rank dies the launcher starts a fresh torchrun, up to
+`max_restarts` times, and the ranks resume from the newest complete checkpoint. (It restarts
+torchrun as a whole rather than using torchrun's own `--max-restarts`: with torch 2.13 a group
+restarted inside one torchrun often fails to reconnect — gloo "connectFullMesh … Connection
+refused", pytorch/pytorch#167288 — while a fresh rendezvous always starts clean.) The launcher
+checks the inputs before starting anything (so a mistake is not retried), streams the ranks'
+output, stops at once on a rank's one-line user error, and when restarts run out fails with the
+last error it saw.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "train-config.yaml"
 LOG_FILE = "launcher.log"
+ATTEMPT_ENV = "DEEPMONEY_LAUNCH_ATTEMPT"  # which start of the ranks this is (0 = the first)
 _FATAL = re.compile(r"^(error: |config error )")
-_ERROR = re.compile(r"^(\w+\.)*\w+(Error|Exception|Interrupt)\b: |exitcode\s*:\s*-?\d+|Signal \d+ \(\w+\)")
+_EXCEPTION = re.compile(r"^(\[rank(?P<rank>\d+)\]: )?(?P<text>(\w+\.)*\w+(Error|Exception)\b: .*)")
+_FIELD = re.compile(r"^\s*(\w+)\s*: (.*)$")
 
 
 class TrainingFailed(UserError):
@@ -49,10 +55,10 @@ def child_environment(nproc: int, cuda: bool) -> dict[str, str]:
     return env
 
 
-def torchrun_command(config_file: Path, nproc: int, max_restarts: int) -> list[str]:
+def torchrun_command(config_file: Path, nproc: int) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-        f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}", "--monitor-interval=1",
+        f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=1",
         "-m", "deepmoney.train", "--config", str(config_file), "--launcher", "none",
     ]  # fmt: skip
 
@@ -76,28 +82,34 @@ def launch_local(config: DeepmoneyConfig, quiet: bool = False) -> dict[str, Any]
     tmp = config_file.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), "utf-8")
     os.replace(tmp, config_file)
-    command = torchrun_command(config_file, train.nproc, train.max_restarts)
+    command = torchrun_command(config_file, train.nproc)
     if quiet:
         command.append("--quiet")
-    log.info("starting %d %s ranks under torchrun (max %d restarts)", train.nproc, "GPU" if cuda else "CPU",
-             train.max_restarts)  # fmt: skip
-    last_error, fatal, restarts = _run(command, child_environment(train.nproc, cuda), output / LOG_FILE)
-    if fatal:
-        raise UserError(fatal.removeprefix("error: "))
+    env = child_environment(train.nproc, cuda)
     manifest_path = output / "manifest.json"
-    if last_error is not None or not manifest_path.is_file():
-        raise TrainingFailed(
-            f"training failed after {restarts} restart(s) of {train.max_restarts}: "
-            f"{last_error or 'no error message was printed'} (full log: {output / LOG_FILE})"
-        )
-    return json.loads(manifest_path.read_text(encoding="utf-8"))
+    last_error = None
+    for attempt in range(train.max_restarts + 1):
+        if attempt:
+            log.warning("restarting the ranks from the newest checkpoint (restart %d of %d) after: %s",
+                        attempt, train.max_restarts, last_error)  # fmt: skip
+        else:
+            log.info("starting %d %s ranks under torchrun (up to %d restarts)", train.nproc,
+                     "GPU" if cuda else "CPU", train.max_restarts)  # fmt: skip
+        last_error, fatal = _run(command, {**env, ATTEMPT_ENV: str(attempt)}, output / LOG_FILE)
+        if fatal:
+            raise UserError(fatal.removeprefix("error: "))
+        if last_error is None and manifest_path.is_file():
+            return json.loads(manifest_path.read_text(encoding="utf-8"))
+        last_error = last_error or "torchrun ended without writing manifest.json"
+    raise TrainingFailed(
+        f"training failed after {train.max_restarts} restart(s): {last_error} (full log: {output / LOG_FILE})"
+    )
 
 
-def _run(command: list[str], env: dict[str, str], log_path: Path) -> tuple[str | None, str | None, int]:
-    """Run torchrun, echoing its output; returns (last error line on failure, fatal user error, restarts)."""
+def _run(command: list[str], env: dict[str, str], log_path: Path) -> tuple[str | None, str | None]:
+    """Run torchrun once, echoing its output; returns (last error line on failure, fatal user error)."""
     recent: collections.deque[str] = collections.deque(maxlen=400)
     fatal: str | None = None
-    restarts = 0
     with open(log_path, "a", encoding="utf-8") as log_file:
         process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
@@ -110,8 +122,6 @@ def _run(command: list[str], env: dict[str, str], log_path: Path) -> tuple[str |
                 log_file.write(line)
                 text = line.strip()
                 recent.append(text)
-                if "Restarting" in text and "worker group" in text.lower():
-                    restarts += 1
                 if _FATAL.match(text) and fatal is None:
                     fatal = text
                     _stop(process)
@@ -120,9 +130,30 @@ def _run(command: list[str], env: dict[str, str], log_path: Path) -> tuple[str |
             if process.poll() is None:
                 _stop(process)
     if code == 0 or fatal:
-        return None, fatal, restarts
-    errors = [line for line in recent if _ERROR.search(line)]
-    return (errors[-1] if errors else f"torchrun exited with code {code}"), None, restarts
+        return None, fatal
+    return root_cause(list(recent)) or f"torchrun exited with code {code}", None
+
+
+def root_cause(lines: list[str]) -> str | None:
+    """The failure torchrun names as root cause, with that rank's exception if it printed one."""
+    fields: dict[str, str] = {}
+    if any(line.startswith("Root Cause") for line in lines):
+        start = max(i for i, line in enumerate(lines) if line.startswith("Root Cause"))
+        for line in lines[start + 1 :]:
+            if line.startswith("==="):
+                break
+            if match := _FIELD.match(line):
+                fields[match.group(1)] = match.group(2).strip()
+    rank = fields.get("rank", "").split(" ")[0]
+    exceptions = [(m.group("rank"), m.group("text")) for line in lines if (m := _EXCEPTION.match(line))]
+    own = [text for r, text in exceptions if r == rank]
+    if own:
+        return f"rank {rank}: {own[-1]}"
+    if rank:
+        how = fields.get("traceback", "")
+        how = how if how.startswith("Signal") else f"exit code {fields.get('exitcode', '?')}"
+        return f"rank {rank} died ({how})"
+    return exceptions[-1][1] if exceptions else None
 
 
 def _stop(process: subprocess.Popen) -> None:

@@ -60,7 +60,8 @@ def model_shape(model_dir: Path) -> dict[str, int]:
     per_layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * inter
     embed = vocab * hidden * (1 if getattr(c, "tie_word_embeddings", False) else 2)
     return {"hidden": hidden, "layers": layers, "vocab": vocab, "heads": c.num_attention_heads,
-            "parameters": layers * per_layer + embed}  # fmt: skip
+            "parameters": layers * per_layer + embed,
+            "positions": int(getattr(c, "max_position_embeddings", 2**31))}  # fmt: skip
 
 
 def estimate_bytes(shape: dict[str, int], train: TrainConfig, seq: int, world: int, precision: str) -> int:

@@ -26,7 +26,7 @@ from deepmoney.config import DeepmoneyConfig, TrainConfig
 from deepmoney.errors import UserError
 from deepmoney.storage import Storage
 from deepmoney.train import checkpoint
-from deepmoney.train.datasets import StepBatches, TrainData, load_pt, load_sft, sft_file, steps_for
+from deepmoney.train.datasets import DEFAULT_SFT_BLOCK, StepBatches, TrainData, load_pt, load_sft, sft_file, steps_for
 from deepmoney.train.distributed import DistEnv, dist_env, process_group
 from deepmoney.train.ds_config import Batching, batching, deepspeed_config, resolve_precision
 from deepmoney.train.model import (
@@ -108,19 +108,25 @@ def preflight(config: DeepmoneyConfig, world_size: int) -> tuple[Path, dict[str,
     cuda = torch.cuda.is_available()
     precision = resolve_precision(train, cuda, cuda and torch.cuda.is_bf16_supported())
     deepspeed_config(train, batch, precision, default_learning_rate(train), not train.zero.offload_optimizer)
-    if not model_uri.startswith("s3://"):
-        fetch_model(model_uri, Storage(config.storage), output / ".cache", DistEnv())
-    if not data_uri.startswith("s3://"):
-        data = Path(data_uri)
-        if not data.exists():
-            raise UserError(f"training data not found: {data_uri}")
-        if train.stage == "sft":
-            sft_file(data)
-        elif not (data / "manifest.json").is_file():
+    if model_uri.startswith("s3://") or data_uri.startswith("s3://"):
+        return output, None  # the ranks download and check them
+    model_dir = fetch_model(model_uri, Storage(config.storage), output / ".cache", DistEnv())
+    data = Path(data_uri)
+    if not data.exists():
+        raise UserError(f"training data not found: {data_uri}")
+    if train.stage == "sft":
+        sft_file(data)
+        seq = train.block_size or min(DEFAULT_SFT_BLOCK, model_shape(model_dir)["positions"])
+    else:
+        manifest = data / "manifest.json"
+        if not manifest.is_file():
             raise UserError(
                 f"{data} is not a pt corpus (no manifest.json); build one with `deepmoney data build-pt`, "
                 "or use --stage sft for an sft dataset"
             )
+        seq = int(json.loads(manifest.read_text(encoding="utf-8")).get("block_size", 0))
+    local = DistEnv(0, world_size, 0, world_size)
+    check_memory(model_shape(model_dir), train, seq, local, precision)
     return output, None
 
 
@@ -301,8 +307,9 @@ class _Run:
         saved = state.get("progress", {})
         progress = _Progress(**saved)
         reached = self._reached()
+        attempt = int(os.environ.get("DEEPMONEY_LAUNCH_ATTEMPT") or os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
         progress.resumes.append({"from_step": found.step, "reached_step": max(reached, found.step),
-                                 "lost_steps": max(0, reached - found.step)})  # fmt: skip
+                                 "lost_steps": max(0, reached - found.step), "attempt": attempt})  # fmt: skip
         log.info("resumed from %s (step %d; %d steps to redo)", found.path, found.step, max(0, reached - found.step))
         return progress
 
