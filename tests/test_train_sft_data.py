@@ -28,6 +28,18 @@ def test_only_the_replies_are_learned(tiny_model: Path) -> None:
     learned = tokenizer.decode([t for t in example.labels if t != IGNORE_INDEX])
     eos = tokenizer.eos_token
     assert learned == f" Banks and homebuilders.{eos} Net interest margins narrow.{eos}"
+    # Token by token: a learned position predicts exactly its own token, the learned positions form one
+    # run per reply, each run ends on EOS, and what precedes each run ends with the "Assistant:" header.
+    positions = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
+    assert all(example.labels[i] == example.input_ids[i] for i in positions)
+    runs = [[positions[0]]]
+    for i in positions[1:]:
+        runs[-1].append(i) if i == runs[-1][-1] + 1 else runs.append([i])
+    assert len(runs) == 2
+    for run in runs:
+        assert example.input_ids[run[-1]] == tokenizer.eos_token_id
+        assert tokenizer.decode(example.input_ids[: run[0]]).endswith("Assistant:")
+    assert tokenizer.decode(example.input_ids[runs[0][-1] + 1 : runs[1][0]]) == "User: Why banks?\n\nAssistant:"
     everything = tokenize(CHAT, tokenizer, train_on_prompt=True)
     assert IGNORE_INDEX not in everything.labels
 

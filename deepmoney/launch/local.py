@@ -118,8 +118,9 @@ def _run(command: list[str], env: dict[str, str], log_path: Path) -> tuple[str |
         try:
             assert process.stdout is not None
             for line in process.stdout:
-                sys.stderr.write(line)
                 log_file.write(line)
+                if fatal is None:  # after a user error, the rest is the group being stopped: log only
+                    sys.stderr.write(line)
                 text = line.strip()
                 recent.append(text)
                 if _FATAL.match(text) and fatal is None:

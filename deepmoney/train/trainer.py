@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,15 +117,13 @@ def preflight(config: DeepmoneyConfig, world_size: int) -> tuple[Path, dict[str,
         raise UserError(f"training data not found: {data_uri}")
     if train.stage == "sft":
         sft_file(data)
-        seq = train.block_size or min(DEFAULT_SFT_BLOCK, model_shape(model_dir)["positions"])
+        positions = model_shape(model_dir)["positions"]
+        seq = train.block_size or min(DEFAULT_SFT_BLOCK, positions)
+        if seq > positions:
+            raise UserError(f"train.block_size={seq} exceeds the model's {positions} positions; lower it")
     else:
-        manifest = data / "manifest.json"
-        if not manifest.is_file():
-            raise UserError(
-                f"{data} is not a pt corpus (no manifest.json); build one with `deepmoney data build-pt`, "
-                "or use --stage sft for an sft dataset"
-            )
-        seq = int(json.loads(manifest.read_text(encoding="utf-8")).get("block_size", 0))
+        with tempfile.TemporaryDirectory() as scratch:
+            seq = load_pt(data, model_dir, Storage(config.storage), Path(scratch)).block_size
     local = DistEnv(0, world_size, 0, world_size)
     check_memory(model_shape(model_dir), train, seq, local, precision)
     return output, None
