@@ -229,6 +229,9 @@ class TrainConfig(Section):
         500, ge=1, description="Optimizer steps between checkpoints (one is also written at the end)."
     )
     keep_last: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
+    checkpoint_uri: str | None = Field(
+        None, description="s3:// prefix that every checkpoint is also copied to, and resumed from when none is local."
+    )
     resume: bool = Field(True, description="Continue from the newest complete checkpoint in the output directory.")
     log_every: int = Field(10, ge=1, description="Optimizer steps between metric lines.")
     seed: int = Field(42, description="Seed of data order and initialisation of new weights.")

@@ -272,3 +272,37 @@ def test_sft_zero2_lora_with_mlflow_unreachable(tmp_path: Path, tiny_model: Path
     assert m["final_loss"] < m["first_loss"]
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()] == [1, 5, 10, 12]
     assert "mlflow run    (not tracked)" in result.stdout
+
+
+def _upload(client, directory: Path, bucket: str, prefix: str) -> str:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
+    return f"s3://{bucket}/{prefix}"
+
+
+def test_model_data_and_checkpoints_on_s3(tmp_path: Path, tiny_model: Path, pt_data: Path, s3_endpoint: S3Endpoint):
+    """A pod with nothing local: base model and corpus from S3, checkpoints copied there and resumed from there."""
+    client = s3_endpoint.client()
+    client.create_bucket(Bucket="train")
+    model = _upload(client, tiny_model, "train", "models/tiny")
+    data = _upload(client, pt_data, "train", "corpora/pt")
+    out = tmp_path / "s3run"
+    flags = ("--stage", "pt", "--launcher", "local", "--nproc", "2", "--zero", "2", "--max-steps", "10",
+             "--micro-batch", "2", "--save-every", "5")  # fmt: skip
+    env = {"DEEPMONEY_TRAIN__CHECKPOINT_URI": "s3://train/checkpoints/run1", "DEEPMONEY_TRAIN__KEEP_LAST": "1"}
+    first = run_cli("train", "--model", model, "--data", data, "--output", str(out), *flags,
+                    env={**QUIET_MLFLOW, **env}, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-4000:]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="train", Prefix="checkpoints/run1/")["Contents"]]
+    assert "checkpoints/run1/step-00000010/complete.json" in keys
+    assert not any("step-00000005" in k for k in keys)  # keep_last applies to the copies too
+    assert manifest_of(out)["data"]["uri"] == data
+    shutil.rmtree(out)  # the volume is gone; S3 still has the checkpoint
+    second = run_cli("train", "--model", model, "--data", data, "--output", str(out), *flags,
+                     env={**QUIET_MLFLOW, **env}, timeout=600)  # fmt: skip
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert "fetched checkpoint step-00000010" in second.stderr
+    m = manifest_of(out)
+    assert m["steps"] == 10 and m["resumes"][0]["from_step"] == 10
+    assert m["final_loss"] == pytest.approx(manifest_of(tmp_path / "s3run")["final_loss"])

@@ -5,7 +5,9 @@ A checkpoint is `checkpoints/step-NNNNNNNN/`: DeepSpeed's model, optimizer and s
 rank has finished — `complete.json` listing every file with its size. A directory without that
 marker, or whose files no longer match it, is skipped with a warning in favour of the one before;
 so is one that DeepSpeed fails to load. Checkpoints must be on storage that all nodes share
-(a ReadWriteMany volume on a cluster).
+(a ReadWriteMany volume on a cluster). With `train.checkpoint_uri` every sealed checkpoint is also
+copied to an S3 prefix (marker last, newest K kept there too), and a run that finds no usable
+checkpoint locally — a new pod, a wiped volume — fetches the newest complete one from there.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from deepmoney.errors import UserError
+from deepmoney.storage import Storage, StorageError, join
 from deepmoney.train.distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -193,4 +196,49 @@ def load_newest(engine: Any, root: Path, env: DistEnv) -> tuple[Checkpoint, dict
         if ok:
             return checkpoint, client_state
         log.warning("skipping checkpoint %s: it failed to load (%s)", checkpoint.path, error or "on another rank")
+    return None
+
+
+def _remote_tags(storage: Storage, uri: str) -> dict[str, list[str]]:
+    """Object URIs under the S3 prefix, grouped by checkpoint directory name."""
+    base = uri.rstrip("/") + "/"
+    tags: dict[str, list[str]] = {}
+    try:
+        refs = storage.list_files(uri)
+    except StorageError as exc:
+        if "no objects under" not in str(exc):
+            raise
+        return tags  # nothing copied there yet
+    for ref in refs:
+        tag = ref.uri[len(base) :].split("/", 1)[0]
+        if _TAG.match(tag):
+            tags.setdefault(tag, []).append(ref.uri)
+    return tags
+
+
+def mirror(storage: Storage, checkpoint: Path, uri: str, keep_last: int) -> None:
+    """Copy a sealed checkpoint to the S3 prefix (its marker last) and prune older ones there."""
+    storage.publish_tree(checkpoint, join(uri, checkpoint.name), last=MARKER)
+    tags = _remote_tags(storage, uri)
+    complete = sorted((t for t, objs in tags.items() if any(o.endswith("/" + MARKER) for o in objs)), reverse=True)
+    for tag in complete[keep_last:]:
+        for obj in tags[tag]:
+            storage.delete(obj)
+    log.info("checkpoint %s copied to %s", checkpoint.name, join(uri, checkpoint.name))
+
+
+def restore(storage: Storage, uri: str, root: Path) -> Path | None:
+    """Fetch the newest complete checkpoint from the S3 prefix into `root`; None when there is none."""
+    tags = _remote_tags(storage, uri)
+    for tag in sorted(tags, reverse=True):
+        if not any(obj.endswith("/" + MARKER) for obj in tags[tag]):
+            continue
+        staging = root / f".{tag}.download"
+        shutil.rmtree(staging, ignore_errors=True)
+        storage.download_tree(join(uri, tag), staging)
+        target = root / tag
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+        log.info("fetched checkpoint %s from %s", tag, uri)
+        return target
     return None

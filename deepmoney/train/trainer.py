@@ -210,8 +210,13 @@ class _Run:
         scratch = self.output / ".cache" / f"rank{self.env.rank}"
         scratch.mkdir(parents=True, exist_ok=True)
         if self.train.stage == "pt":
-            return load_pt(data, model_dir, self.storage, scratch)
-        return load_sft(data, model_dir, self.train.block_size, self.train.train_on_prompt, self.train.seed)
+            loaded = load_pt(data, model_dir, self.storage, scratch)
+        else:
+            loaded = load_sft(data, model_dir, self.train.block_size, self.train.train_on_prompt, self.train.seed)
+        if self.data_uri.startswith("s3://"):
+            loaded.info["uri"] = self.data_uri if self.train.stage == "pt" else self.data_uri + "/" + Path(
+                loaded.info["uri"]).name  # fmt: skip
+        return loaded
 
     def run(self) -> dict[str, Any]:
         train, env = self.train, self.env
@@ -299,6 +304,11 @@ class _Run:
         root = self.output / "checkpoints"
         if not self.train.resume:
             return progress
+        remote = self.train.checkpoint_uri
+        if remote and self.env.is_main and not checkpoint.resumable(root, self.env.world_size):
+            root.mkdir(parents=True, exist_ok=True)
+            checkpoint.restore(self.storage, remote, root)
+        self._barrier()
         loaded = checkpoint.load_newest(engine, root, self.env)
         if loaded is None:
             return progress
@@ -388,9 +398,13 @@ class _Run:
                 _atomic_json(self.output / PROGRESS_FILE, {"step": progress.step})
             if progress.step % train.save_every == 0 or last:
                 saved_at = time.perf_counter()
-                summary = {"loss": progress.last_loss, "tokens": progress.tokens}
-                checkpoint.save(engine, self.output / "checkpoints", progress.step,
-                                {"progress": progress.state(), "summary": summary}, env, train.keep_last)  # fmt: skip
+                state = {"progress": progress.state(),
+                         "summary": {"loss": progress.last_loss, "tokens": progress.tokens}}  # fmt: skip
+                sealed = checkpoint.save(
+                    engine, self.output / "checkpoints", progress.step, state, env, train.keep_last
+                )
+                if train.checkpoint_uri and env.is_main:
+                    checkpoint.mirror(self.storage, sealed, train.checkpoint_uri, train.keep_last)
                 window_start += time.perf_counter() - saved_at  # checkpoint time is not training time
                 if env.is_main:
                     where = str(self.output / "checkpoints" / checkpoint.tag_for(progress.step))
