@@ -182,6 +182,9 @@ class MlflowConfig(Section):
 
     tracking_uri: str | None = Field(None, description="MLflow tracking server; unset = MLFLOW_TRACKING_URI.")
     experiment: str = Field("deepmoney", description="Experiment the runs go to.")
+    artifact_location: str | None = Field(
+        None, description="Where a new experiment keeps its artifacts (e.g. s3://…); unset = the server's default."
+    )
     run_name: str | None = Field(None, description="Run name; unset = <stage>-<output directory name>.")
     log_model: Literal["copy", "reference", "none"] = Field(
         "copy",

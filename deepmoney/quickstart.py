@@ -1,12 +1,15 @@
 """The main job on the embedded default: what the README's first command runs.
 
-For now: a tiny model whose tokenizer is trained on the bundled sample corpus, then the pt corpus
-built from that corpus. Later stages (synthesis, training, registry, serving) extend this run.
+A tiny model whose tokenizer is trained on the bundled sample corpus, the pt corpus built from
+that corpus, then pt training of the tiny model on it: two CPU ranks under torchrun with DeepSpeed
+ZeRO-2, tracked in a local MLflow store (`WORKDIR/mlflow.db`, unless MLFLOW_TRACKING_URI names a
+server). Later stages (synthesis, registry, serving) extend this run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from deepmoney.config import load_config, overrides_from_flags
@@ -29,6 +32,7 @@ def run_quickstart(workdir: Path, corpus: Path | None, block_size: int, config_p
     pt = build_pt([str(corpus)], str(model_dir), str(pt_dir), config, quiet=quiet)
     m = pt.manifest
     sample = _first_block_text(pt_dir, model_dir)
+    trained = _train_pt(workdir, model_dir, pt_dir, config_path, quiet)
     lines = [
         "deepmoney quickstart (embedded default)",
         f"  base model    {model_dir} ({model.manifest['parameters'] / 1e6:.1f}M parameters, "
@@ -40,8 +44,28 @@ def run_quickstart(workdir: Path, corpus: Path | None, block_size: int, config_p
         f"  tokens        {m['tokens']} in {m['blocks']} blocks of {m['block_size']}; "
         f"{m['tokens_dropped']} dropped (final partial block only)",
         "  first block   " + json.dumps(sample[:160], ensure_ascii=False),
+        f"  pt training   {trained['steps']} steps on {trained['world_size']} CPU ranks "
+        f"(ZeRO-{trained['zero_stage']}), loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f}, "
+        f"{trained['tokens_per_second']:.0f} tokens/s",
+        f"  trained model {trained['final']}",
+        f"  MLflow run    {trained['mlflow_run_id'] or '(not tracked)'} at {trained['mlflow_tracking_uri'] or '-'}",
     ]
     return "\n".join(lines)
+
+
+def _train_pt(workdir: Path, model_dir: Path, pt_dir: Path, config_path: Path | None, quiet: bool) -> dict:
+    """pt training of the tiny model on the corpus: 2 ranks, ZeRO-2, a local MLflow store by default."""
+    from deepmoney.launch.local import launch_local
+
+    mlflow: dict[str, str] = {}
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow = {"tracking_uri": f"sqlite:///{(workdir / 'mlflow.db').resolve()}",
+                  "artifact_location": (workdir / "mlartifacts").resolve().as_uri()}  # fmt: skip
+    train = {"stage": "pt", "model": str(model_dir), "data": str(pt_dir), "output": str(workdir / "pt-model"),
+             "nproc": 2, "max_steps": 40, "micro_batch": 2, "learning_rate": 2e-3, "save_every": 20,
+             "log_every": 10, "zero": {"stage": 2},
+             "mlflow": {**mlflow, "experiment": "deepmoney-quickstart"}}  # fmt: skip
+    return launch_local(load_config(config_path, {"train": train}), quiet=quiet)
 
 
 def _first_block_text(pt_dir: Path, model_dir: Path) -> str:

@@ -11,9 +11,9 @@ from tests.conftest import SAMPLE_CORPUS, assert_clean_error, run_cli
 
 
 @pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), reason="sample corpus not present")
-def test_quickstart_builds_the_pt_corpus_and_reuses_it(tmp_path: Path) -> None:
+def test_quickstart_builds_the_corpus_trains_and_reuses_it(tmp_path: Path) -> None:
     workdir = tmp_path / "qs"
-    first = run_cli("--quiet", "quickstart", "--workdir", str(workdir))
+    first = run_cli("--quiet", "quickstart", "--workdir", str(workdir), env={"MLFLOW_TRACKING_URI": ""})
     assert first.returncode == 0, first.stderr
     assert "deepmoney quickstart" in first.stdout and "first block" in first.stdout
     manifest = json.loads((workdir / "pt" / "manifest.json").read_text())
@@ -21,8 +21,17 @@ def test_quickstart_builds_the_pt_corpus_and_reuses_it(tmp_path: Path) -> None:
     assert f"{manifest['tokens']} in {manifest['blocks']} blocks" in first.stdout
     model = json.loads((workdir / "base-model" / "manifest.json").read_text())
     assert model["architecture"] == "LlamaForCausalLM"
-    second = run_cli("--quiet", "quickstart", "--workdir", str(workdir))
+    trained = json.loads((workdir / "pt-model" / "manifest.json").read_text())
+    assert trained["steps"] == 40 and trained["final_loss"] < trained["first_loss"]
+    assert (workdir / "pt-model" / "final" / "model.safetensors").is_file()
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}").get_run(trained["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["loss"] == pytest.approx(trained["final_loss"])
+    assert f"MLflow run    {trained['mlflow_run_id']}" in first.stdout
+    second = run_cli("--quiet", "quickstart", "--workdir", str(workdir), env={"MLFLOW_TRACKING_URI": ""})
     assert second.returncode == 0 and "(reused)" in second.stdout
+    assert json.loads((workdir / "pt-model" / "manifest.json").read_text()) == trained  # not trained again
 
 
 def test_quickstart_with_a_missing_corpus(tmp_path: Path) -> None:

@@ -96,6 +96,8 @@ class Tracker:
         previous = self.output / RUN_FILE
         try:
             mlflow.set_tracking_uri(self.uri)
+            if self.config.artifact_location and mlflow.get_experiment_by_name(self.config.experiment) is None:
+                mlflow.create_experiment(self.config.experiment, artifact_location=self.config.artifact_location)
             experiment = mlflow.set_experiment(self.config.experiment)
             run_id = None
             if previous.is_file():
