@@ -306,3 +306,21 @@ def test_model_data_and_checkpoints_on_s3(tmp_path: Path, tiny_model: Path, pt_d
     m = manifest_of(out)
     assert m["steps"] == 10 and m["resumes"][0]["from_step"] == 10
     assert m["final_loss"] == pytest.approx(manifest_of(tmp_path / "s3run")["final_loss"])
+
+
+def test_trainer_v2_pod_variables_start_torchrun(tmp_path: Path, tiny_model: Path, pt_data: Path) -> None:
+    """A Kubeflow Trainer node gets only PET_* variables; the entrypoint becomes the torchrun they describe."""
+    out = tmp_path / "pet"
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps({"train": {"stage": "pt", "model": str(tiny_model), "data": str(pt_data),
+                                            "output": str(out), "max_steps": 4, "micro_batch": 2}}))  # fmt: skip
+    pod = {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "127.0.0.1",
+           "PET_MASTER_PORT": str(_free_port()), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}, **QUIET_MLFLOW, **pod}
+    command = [sys.executable, "-m", "deepmoney.train", "--config", str(config)]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    m = manifest_of(out)
+    assert m["world_size"] == 2 and m["steps"] == 4
+    assert "trained pt: 4 steps" in result.stdout  # rank 0's summary, once
+    assert result.stdout.count("trained pt") == 1

@@ -171,8 +171,9 @@ def _finished(output: Path, fingerprint: str) -> dict[str, Any] | None:
     if not manifest.is_file():
         return None
     previous = json.loads(manifest.read_text(encoding="utf-8"))
-    if previous.get("fingerprint") == fingerprint and (output / "final").is_dir():
-        return previous
+    if previous.get("fingerprint") == fingerprint:
+        # The same run: done if its model is there, else resumed (and its model written again).
+        return previous if (output / "final").is_dir() else None
     raise UserError(
         f"{output} holds a finished run with other settings (manifest.json); choose a new --output, "
         "or delete that directory to train again"
