@@ -84,9 +84,11 @@ def sft_rows(texts: list[str], count: int, seed: int = 0) -> list[dict[str, str]
     return rows
 
 
-def run_ours(stage: str, model: Path, data: Path, out: Path, seq: int, micro_batch: int) -> dict:
+def run_ours(stage: str, model: Path, data: Path, out: Path, seq: int, micro_batch: int, workers: int | None) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": "", "DEEPMONEY_TRAIN__SAVE_EVERY": "1000000",
            "DEEPMONEY_TRAIN__LOG_EVERY": "1000000", "DEEPMONEY_TRAIN__WARMUP_RATIO": "0"}  # fmt: skip
+    if workers is not None:
+        env["DEEPMONEY_TRAIN__LOADER_WORKERS"] = str(workers)
     command = [sys.executable, "-m", "deepmoney", "--quiet", "train", "--stage", stage, "--model", str(model),
                "--data", str(data), "--output", str(out), "--launcher", "local", "--nproc", "1", "--zero", "0",
                "--epochs", "1", "--micro-batch", str(micro_batch), "--learning-rate", "1e-4"]  # fmt: skip
@@ -108,6 +110,7 @@ def main() -> None:
     parser.add_argument("--sft-examples", type=int, default=300)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    parser.add_argument("--loader-workers", type=int, default=None, help="ours; unset = train.loader_workers")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     python = ensure_venv(args.venv)
@@ -123,7 +126,9 @@ def main() -> None:
             ("pt", pt, work / "pt.jsonl"),
             ("sft", work / "sft.jsonl", work / "sft.jsonl"),
         ):
-            ours = run_ours(stage, model, ours_data, work / f"ours-{stage}", args.seq, args.micro_batch)
+            ours = run_ours(
+                stage, model, ours_data, work / f"ours-{stage}", args.seq, args.micro_batch, args.loader_workers
+            )
             theirs = run_llamafactory(python, stage=stage, model_dir=model, data_file=lf_data, cutoff_len=args.seq,
                                       micro_batch=args.micro_batch, grad_accum=1, epochs=1.0,
                                       workdir=work / f"lf-{stage}")  # fmt: skip
