@@ -8,7 +8,6 @@ positions — are refused before the first step, with what to do about them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -24,6 +23,7 @@ from deepmoney.data.tokenize import resolve_tokenizer
 from deepmoney.errors import UserError
 from deepmoney.storage import Storage, sha256_file
 from deepmoney.train import sft_data
+from deepmoney.train.model import model_shape
 from deepmoney.train.packed import PackedPtDataset
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,8 @@ def _manifest(directory: Path) -> dict[str, Any] | None:
 
 
 def _model_limits(model_dir: Path) -> tuple[int, int]:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    return int(config.vocab_size), int(getattr(config, "max_position_embeddings", 2**31))
+    shape = model_shape(model_dir)
+    return shape["vocab"], shape["positions"]
 
 
 def load_pt(data_dir: Path, model_dir: Path, storage: Storage, scratch: Path) -> TrainData:
@@ -234,8 +232,3 @@ def steps_for(train_max_steps: int | None, epochs: float, size: int, global_batc
     if train_max_steps is not None:
         return train_max_steps
     return max(1, int(epochs * (size // global_batch)))
-
-
-def digest_of(info: dict[str, Any]) -> str:
-    """A short content digest for naming the dataset in MLflow."""
-    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
