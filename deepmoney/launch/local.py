@@ -28,6 +28,7 @@ import yaml
 
 from deepmoney.config import DeepmoneyConfig
 from deepmoney.errors import UserError
+from deepmoney.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,8 @@ def launch_local(config: DeepmoneyConfig, quiet: bool = False) -> dict[str, Any]
         return finished
     output.mkdir(parents=True, exist_ok=True)
     config_file = output / CONFIG_FILE
-    tmp = config_file.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True), "utf-8")
-    os.replace(tmp, config_file)
+    dumped = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    atomic_write_bytes(config_file, dumped.encode("utf-8"))
     command = torchrun_command(config_file, train.nproc)
     if quiet:
         command.append("--quiet")

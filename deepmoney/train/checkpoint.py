@@ -12,6 +12,7 @@ checkpoint locally — a new pod, a wiped volume — fetches the newest complete
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from deepmoney.errors import UserError
-from deepmoney.storage import Storage, StorageError, join
+from deepmoney.storage import Storage, StorageError, atomic_write_bytes, join
 from deepmoney.train.distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,9 @@ def save(engine: Any, root: Path, step: int, client_state: dict[str, Any], env: 
     _barrier(env)
     engine.save_checkpoint(str(root), tag=path.name, client_state=client_state, save_latest=False)
     rng_file = path / f"rng-rank{env.rank}.pt"
-    torch.save(rng_state(), rng_file.with_suffix(".tmp"))
-    os.replace(rng_file.with_suffix(".tmp"), rng_file)
+    buffer = io.BytesIO()
+    torch.save(rng_state(), buffer)
+    atomic_write_bytes(rng_file, buffer.getvalue())
     _barrier(env)
     if env.is_main:
         files = {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
@@ -136,9 +138,7 @@ def save(engine: Any, root: Path, step: int, client_state: dict[str, Any], env: 
                 "checkpoints must be on storage that every node shares"
             )
         meta = {"step": step, "world_size": env.world_size, "files": files, **client_state.get("summary", {})}
-        tmp = path / (MARKER + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        os.replace(tmp, path / MARKER)
+        atomic_write_bytes(path / MARKER, json.dumps(meta, indent=2).encode("utf-8"))
         _prune(root, keep_last)
     _barrier(env)
     return path

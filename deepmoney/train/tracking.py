@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deepmoney.config import MlflowConfig
+from deepmoney.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,7 @@ class Tracker:
         self._mlflow = mlflow
         self.run_id = run.info.run_id
         self.experiment_id = experiment.experiment_id
-        tmp = previous.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}), encoding="utf-8")
-        os.replace(tmp, previous)
+        atomic_write_bytes(previous, json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}).encode())
         log.info("MLflow run %s (experiment %s at %s)", self.run_id, self.config.experiment, self.uri)
         flat: dict[str, str] = {}
         _flatten("", params, flat)

@@ -25,7 +25,7 @@ import torch
 from deepmoney import __version__
 from deepmoney.config import DeepmoneyConfig, TrainConfig
 from deepmoney.errors import UserError
-from deepmoney.storage import Storage
+from deepmoney.storage import Storage, atomic_write_bytes
 from deepmoney.train import checkpoint
 from deepmoney.train.datasets import DEFAULT_SFT_BLOCK, StepBatches, TrainData, load_pt, load_sft, sft_file, steps_for
 from deepmoney.train.distributed import DistEnv, dist_env, process_group
@@ -76,9 +76,7 @@ def run_fingerprint(config: DeepmoneyConfig, model: str, data: str) -> str:
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
 
 
 def required(train: TrainConfig, config: DeepmoneyConfig) -> tuple[str, str, Path]:
