@@ -227,8 +227,12 @@ class TrainConfig(Section):
         "auto", description="auto = bf16 on GPUs that support it, else fp32."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        "sdpa", description="Attention kernel; flash_attention_2 keeps packed examples apart by positions alone."
+    attention: Literal["segment_sdpa", "sdpa", "eager", "flash_attention_2"] = Field(
+        "segment_sdpa",
+        description="Attention kernel. segment_sdpa: causal sdpa run per packed segment, so a block costs the sum "
+        "of its segments' squared lengths instead of the block length squared (short sft examples in long blocks); "
+        "sdpa/eager: one block-diagonal mask over the whole block; flash_attention_2 keeps packed examples apart "
+        "by positions alone.",
     )
     fused_loss: bool = Field(
         True, description="Output layer and loss in one chunked pass (no full logits tensor); llama/mistral/qwen."

@@ -19,6 +19,7 @@ import torch
 from deepmoney.config import LoraConfig, TrainConfig
 from deepmoney.errors import UserError
 from deepmoney.storage import Storage, is_s3
+from deepmoney.train import segment_attention
 from deepmoney.train.distributed import DistEnv
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ def build_model(model_dir: Path, train: TrainConfig, precision: str, ds_config: 
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
 
+    if train.attention == segment_attention.SEGMENT_SDPA:
+        segment_attention.register()  # before from_pretrained, which checks the name
     # With ZeRO-3 this makes from_pretrained create each weight already partitioned across ranks.
     hf_ds = HfDeepSpeedConfig(ds_config) if train.zero.stage == 3 else None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)

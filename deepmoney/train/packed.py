@@ -1,10 +1,12 @@
 """Packed pt blocks as model inputs, with documents kept apart inside each block.
 
 A block holds several segments (pieces of documents). Each segment gets its own positions
-(starting at 0) and attends only to itself — a block-diagonal causal mask, passed to the model as
-a 4D boolean mask — and the first token of a segment is not a training target for the last token
-of the segment before it. The result equals running every segment on its own, without spending
-any compute on padding (tested).
+(starting at 0) and attends only to itself, and the first token of a segment is not a training
+target for the last token of the segment before it. The result equals running every segment on its
+own, without spending any compute on padding (tested). How segments are kept apart depends on the
+attention implementation: `segment_sdpa` gets a `SegmentPlan` and attends per segment (cost: the
+sum of the segments' squared lengths); `sdpa` and `eager` get a block-diagonal causal mask as a 4D
+boolean mask (cost: the block's length squared).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
+
+from deepmoney.train.segment_attention import KWARG, SEGMENT_SDPA, segment_plan
 
 IGNORE_INDEX = -100  # what Hugging Face losses skip
 
@@ -70,12 +74,14 @@ class PackedPtDataset(Dataset):
         return {"input_ids": ids, "segment_starts": starts}
 
 
-def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack blocks into model inputs: ids, labels, per-segment positions and the 4D attention mask.
+def collate(batch: list[dict[str, Any]], attention: str = "sdpa") -> dict[str, Any]:
+    """Stack blocks into model inputs: ids, labels, per-segment positions and what keeps segments apart.
 
-    Items may carry their own labels (sft); pt labels follow from the segment starts. A batch in
-    which every block is one whole segment needs no mask: plain causal attention is the same thing
-    and lets the attention kernel take its causal fast path. `n_tokens` counts non-padding tokens.
+    That is, for `attention="segment_sdpa"`, the segment plan as the `packed_segments` keyword; for
+    any other attention implementation, the 4D block-diagonal attention mask. Items may carry their
+    own labels (sft); pt labels follow from the segment starts. A batch in which every block is one
+    whole segment needs neither: plain causal attention is the same thing and lets the attention
+    kernel take its causal fast path. `n_tokens` counts non-padding tokens.
     """
     length = batch[0]["input_ids"].numel()
     single = all(len(b["segment_starts"]) == 1 for b in batch)
@@ -86,7 +92,11 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
         "position_ids": torch.stack([position_ids(b["segment_starts"], length) for b in batch]),
         "n_tokens": sum(b.get("tokens", length) for b in batch),
     }  # fmt: skip
-    if not single:
+    if single:
+        return out
+    if attention == SEGMENT_SDPA:
+        out[KWARG] = segment_plan([b["segment_starts"] for b in batch], length)
+    else:
         out["attention_mask"] = torch.stack([block_causal_mask(b["segment_starts"], length) for b in batch])[:, None]
     return out
 
@@ -106,6 +116,6 @@ def only_trained_logits(inputs: dict[str, Any]) -> dict[str, Any]:
     return {**inputs, "logits_to_keep": keep, "shift_labels": targets[trained]}
 
 
-def training_collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """`collate`, then `only_trained_logits`: what the training loop feeds the model."""
-    return only_trained_logits(collate(batch))
+def training_collate(batch: list[dict[str, Any]], attention: str = "sdpa") -> dict[str, Any]:
+    """`collate` for this attention implementation, then `only_trained_logits`: what the training loop feeds."""
+    return only_trained_logits(collate(batch, attention))

@@ -17,6 +17,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -359,8 +360,8 @@ class _Run:
             progress.step, total,
         )  # fmt: skip
         loader = DataLoader(
-            data.items, batch_sampler=sampler, collate_fn=training_collate, num_workers=train.loader_workers,
-            pin_memory=self.cuda, persistent_workers=False,
+            data.items, batch_sampler=sampler, collate_fn=partial(training_collate, attention=train.attention),
+            num_workers=train.loader_workers, pin_memory=self.cuda, persistent_workers=False,
         )  # fmt: skip
         peak = peak_flops(precision)
         flops = flops_per_token(shape, data.block_size)
