@@ -100,7 +100,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     import torch
 
-    from deepmoney.train.model import flops_per_token, model_shape, peak_flops
+    from deepmoney.models.shape import model_shape
+    from deepmoney.train.model import flops_per_token, peak_flops
 
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:

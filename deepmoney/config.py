@@ -8,18 +8,45 @@ field and what it accepts (see `format_validation_error`).
 from __future__ import annotations
 
 import contextvars
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict, YamlConfigSettingsSource
 
+from deepmoney import env
 from deepmoney.errors import UserError
 
-CONFIG_ENV = "DEEPMONEY_CONFIG"
 _yaml_path: contextvars.ContextVar[str | None] = contextvars.ContextVar("yaml_path", default=None)
+_NOT_IN_FINGERPRINT = {"fingerprint": False}
+
+
+def operational(default: Any = PydanticUndefined, **kwargs: Any) -> Any:
+    """A field that changes how a stage runs (workers, logging, retries), not what it produces.
+
+    Such fields are left out of the fingerprint of a stage's output (`result_settings`), so changing
+    them neither invalidates a finished output nor makes a resumed run refuse its own work.
+    """
+    return Field(default, json_schema_extra=_NOT_IN_FINGERPRINT, **kwargs)
+
+
+def result_settings(section: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """The values of `section` that decide a stage's result, flat (`{"data.block_size": 1024}`).
+
+    Fields declared with `operational` are left out, nested sections are walked.
+    """
+    out: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        if field.json_schema_extra == _NOT_IN_FINGERPRINT:
+            continue
+        value = getattr(section, name)
+        if isinstance(value, BaseModel):
+            out.update(result_settings(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = section.model_dump(mode="json", include={name})[name]
+    return out
 
 
 class Section(BaseModel):
@@ -97,10 +124,10 @@ class DataConfig(Section):
     )
     add_bos: bool = Field(True, description="Start every document with the tokenizer's BOS token.")
     shard_rows: int = Field(50_000, ge=1, description="Packed blocks per Parquet shard.")
-    workers: int = Field(
+    workers: int = operational(
         0, ge=0, description="Processes that read, clean, summarize and tokenize documents; 0 = one per CPU core."
     )
-    records_per_task: int = Field(256, ge=1, description="JSONL records handed to a worker at a time.")
+    records_per_task: int = operational(256, ge=1, description="JSONL records handed to a worker at a time.")
     heldout_fraction: float = Field(
         0.05, ge=0.0, le=0.5,
         description="Share of documents held out of pt and sft training for evaluation (chosen by content).",
@@ -122,8 +149,17 @@ class RoleConfig(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(512, ge=1, le=32768, description="Longest answer, in tokens.")
     seed: int | None = Field(0, description="Sampling seed sent with each request (servers that honour it).")
-    concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight to this role's endpoint.")
-    timeout: float = Field(120.0, gt=0, description="Seconds to wait for one answer before retrying.")
+    concurrency: int = operational(16, ge=1, le=4096, description="Requests in flight to this role's endpoint.")
+    timeout: float = operational(120.0, gt=0, description="Seconds to wait for one answer before retrying.")
+    attempts: int = operational(
+        8, ge=1, le=100, description="Tries per request before it counts as failed (transient errors are retried)."
+    )
+    context_tokens: int | None = Field(
+        None,
+        ge=256,
+        description="The endpoint's context window in tokens, to fit chapters into prompts; "
+        "unset = read from a local model, or only the chapter length cap (synth.max_chapter_chars) for URLs.",
+    )
     prompt: str | None = Field(
         None, description="A prompt template file replacing the built-in one (same {placeholders})."
     )
@@ -207,7 +243,7 @@ class TrainConfig(Section):
     stage: Literal["pt", "sft"] = Field("pt", description="pt: packed corpus blocks; sft: chat examples.")
     model: str | None = Field(None, description="Base model directory or s3:// URI; unset = model.base_model.")
     data: str | None = Field(None, description="pt corpus (build-pt output) or sft dataset (synth output or JSONL).")
-    output: str | None = Field(None, description="Output directory: checkpoints/, final/, manifest.json.")
+    output: str | None = operational(None, description="Output directory: checkpoints/, final/, manifest.json.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; unset = `epochs` passes over the data.")
     epochs: float = Field(1.0, gt=0, description="Passes over the data when max_steps is unset.")
     micro_batch: int = Field(4, ge=1, description="Blocks per rank per forward pass.")
@@ -241,29 +277,33 @@ class TrainConfig(Section):
         None, ge=16, description="sft: tokens per packed block; unset = 1024, capped at the model's positions."
     )
     train_on_prompt: bool = Field(False, description="sft: learn the prompt tokens too, not only the answers.")
-    save_every: int = Field(
+    save_every: int = operational(
         500, ge=1, description="Optimizer steps between checkpoints (one is also written at the end)."
     )
-    keep_last: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
-    checkpoint_uri: str | None = Field(
+    keep_last: int = operational(3, ge=1, description="Checkpoints kept; older ones are deleted.")
+    checkpoint_uri: str | None = operational(
         None, description="s3:// prefix that every checkpoint is also copied to, and resumed from when none is local."
     )
-    resume: bool = Field(True, description="Continue from the newest complete checkpoint in the output directory.")
-    log_every: int = Field(10, ge=1, description="Optimizer steps between metric lines.")
+    resume: bool = operational(
+        True, description="Continue from the newest complete checkpoint in the output directory."
+    )
+    log_every: int = operational(10, ge=1, description="Optimizer steps between metric lines.")
     seed: int = Field(42, description="Seed of data order and initialisation of new weights.")
-    loader_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank.")
-    nproc: int = Field(1, ge=1, description="Local launcher: processes (CPU) or GPUs on this machine.")
-    max_restarts: int = Field(3, ge=0, description="Local launcher: restarts of the process group after a failure.")
+    loader_workers: int = operational(1, ge=0, description="DataLoader worker processes per rank.")
+    nproc: int = operational(1, ge=1, description="Local launcher: processes (CPU) or GPUs on this machine.")
+    max_restarts: int = operational(
+        3, ge=0, description="Local launcher: restarts of the process group after a failure."
+    )
     zero: ZeroConfig = Field(default_factory=ZeroConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    mlflow: MlflowConfig = operational(default_factory=MlflowConfig)
 
 
 class EvalConfig(Section):
     """`deepmoney evaluate`: what is measured on the held-out data, and how."""
 
     window: int = Field(1024, ge=16, description="Tokens per perplexity window (capped at the model's positions).")
-    batch_size: int = Field(8, ge=1, description="Windows or prompts per forward pass.")
+    batch_size: int = operational(8, ge=1, description="Windows or prompts per forward pass.")
     max_qa: int = Field(200, ge=0, description="Held-out questions to answer and score (the first N, file order).")
     max_new_tokens: int = Field(256, ge=1, description="Longest generated answer, in tokens (greedy decoding).")
     news: str | None = Field(None, description="News items for the chain checks (JSONL); unset = the built-in set.")
@@ -308,7 +348,7 @@ class DeepmoneyConfig(BaseSettings):
     """The whole configuration. YAML file from `--config` or DEEPMONEY_CONFIG; env `DEEPMONEY_DATA__BLOCK_SIZE=512`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="DEEPMONEY_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+        env_prefix=env.PREFIX, env_nested_delimiter=env.NESTED_DELIMITER, extra="forbid", validate_assignment=True
     )
 
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -355,7 +395,8 @@ def overrides_from_flags(**flags: Any) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> DeepmoneyConfig:
     """Resolve the configuration; raise `UserError` with one line per invalid field."""
-    path = path or os.environ.get(CONFIG_ENV) or None
+    path = path or env.get(env.CONFIG) or None
+    _check_environment()
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -376,14 +417,40 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         _yaml_path.reset(token)
 
 
+def _section(annotation: Any) -> type[BaseModel] | None:
+    """The config section a field holds (`RoleConfig | None` -> RoleConfig), or None for a plain value."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _check_environment() -> None:
+    """A DEEPMONEY_* variable that names no config field is a typo, not something to ignore silently."""
+    for name in sorted(env.config_variables()):
+        parts = name[len(env.PREFIX) :].lower().split(env.NESTED_DELIMITER)
+        model: type[BaseModel] | None = DeepmoneyConfig
+        for depth, part in enumerate(parts):
+            if model is None:
+                break  # below a plain value (e.g. a dict such as registry.guards): any key is the user's
+            if part not in model.model_fields:
+                where = ".".join(parts[:depth]) or "the top level"
+                raise UserError(
+                    f"environment variable {name}: {where} has no field {part!r}; allowed there: "
+                    f"{', '.join(sorted(model.model_fields))} (the form is DEEPMONEY_<SECTION>__<KEY>, e.g. "
+                    "DEEPMONEY_DATA__BLOCK_SIZE)"
+                )
+            model = _section(model.model_fields[part].annotation)
+
+
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = DeepmoneyConfig
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        section = _section(getattr(field, "annotation", None))
+        if section is None:
             return []
-        model = annotation
+        model = section
     return sorted(model.model_fields)
 
 

@@ -1,4 +1,25 @@
-"""Errors that are the user's to fix: the CLI prints them as one line, without a traceback."""
+"""Errors that are the user's to fix, and the exit codes every entrypoint ends with.
+
+The exit codes are one contract for the CLI, the training pods and the launchers. They follow the
+Training Operator's `restartPolicy: ExitCode` convention — 1–127 is a permanent failure (retrying
+cannot help), 128–255 is retryable — so the same number tells the local launcher and a PyTorchJob
+whether to start the ranks again.
+"""
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # an unexpected error (a bug, shown with its traceback): permanent
+EXIT_USER = 2  # a UserError: the user must change something first; permanent
+EXIT_TRANSIENT = 128  # a failure worth retrying (lost peer, network, store timeout)
+EXIT_SIGINT = 130  # interrupted by Ctrl-C (128 + SIGINT): retryable, the run resumes
+EXIT_SIGTERM = 143  # stopped by SIGTERM (128 + SIGTERM; pod eviction, preemption): retryable
+
+
+def is_retryable(code: int) -> bool:
+    """Whether a process that ended with `code` may succeed when started again (signals count as retryable).
+
+    Negative codes are how Python reports a child killed by a signal (-9 for SIGKILL).
+    """
+    return code < 0 or code >= EXIT_TRANSIENT
 
 
 class UserError(Exception):

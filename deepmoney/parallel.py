@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from deepmoney import env
+
 _state: Any = None
 
 
@@ -23,7 +25,7 @@ def _init_worker(factory: Callable[[], Any]) -> None:
     # should react (it then terminates the pool).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism; Rust threads would only contend
+    os.environ[env.TOKENIZERS_PARALLELISM] = "false"  # the pool is the parallelism; Rust threads would only contend
     _state = factory()
     # Workers allocate many short-lived lists and strings; collecting cycles less often saves
     # several percent of their time (documents are freed by reference counting anyway).

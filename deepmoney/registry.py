@@ -29,23 +29,29 @@ from typing import Any
 
 from deepmoney.config import DeepmoneyConfig, RegistryConfig
 from deepmoney.errors import UserError
-from deepmoney.evaluate.tracking import EVAL_TAGS
-from deepmoney.mlflow_server import connect, mlflow_error
+from deepmoney.stage import utc_now
+from deepmoney.tracking import tags as T
+from deepmoney.tracking.server import connect, mlflow_error
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-LOCK_TAG = "deepmoney.promotion_lock"
 LOWER_IS_BETTER = ("perplexity", "heldout_loss", "loss")
-TAG = "deepmoney."
 
 
 class PromotionRaced(UserError):
     """The champion changed while this promotion was deciding; nothing was changed."""
 
-    def __init__(self, result: dict[str, Any]) -> None:
-        super().__init__(f"the champion changed to version {result['champion_now']} while deciding; nothing was "
-                         "changed; run promote again to compare with the new champion")  # fmt: skip
+    def __init__(self, result: dict[str, Any], expected: int | None = None) -> None:
+        now = result["champion_now"]
+        now_text = f"version {now}" if now is not None else "no version"
+        if expected is not None:
+            message = (f"the champion is {now_text}, not version {expected} (--expect-champion); nothing was "
+                       "changed; check the registry and run promote again")  # fmt: skip
+        else:
+            message = (f"the champion changed to {now_text} while deciding; nothing was changed; run promote "
+                       "again to compare with the new champion")  # fmt: skip
+        super().__init__(message)
         self.result = result
 
 
@@ -128,17 +134,17 @@ def _lineage_tags(client: Any, run: Any) -> dict[str, str]:
     params, tags = run.data.params, run.data.tags
     digests = {d.dataset.name: d.dataset.digest for d in (run.inputs.dataset_inputs if run.inputs else [])}
     out = {
-        f"{TAG}training_run_id": run.info.run_id,
-        f"{TAG}base_model": params.get("model", "unknown"),
-        f"{TAG}stage": tags.get(f"{TAG}stage", "unknown"),
-        f"{TAG}data_digests": json.dumps(digests, sort_keys=True)[:5000],
-        f"{TAG}git_revision": tags.get("mlflow.source.git.commit") or tags.get(f"{TAG}git_revision", "unknown"),
-        f"{TAG}version": tags.get(f"{TAG}version", "unknown"),
+        T.TRAINING_RUN: run.info.run_id,
+        T.BASE_MODEL: params.get("model", "unknown"),
+        T.STAGE: tags.get(T.STAGE, "unknown"),
+        T.DATA_DIGESTS: json.dumps(digests, sort_keys=True)[:5000],
+        T.GIT_REVISION: tags.get("mlflow.source.git.commit") or tags.get(T.GIT_REVISION, "unknown"),
+        T.VERSION: tags.get(T.VERSION, "unknown"),
     }
     latest = _evaluations(client, run.info.run_id, run.info.experiment_id)
     if latest:
-        out[f"{TAG}eval_digest"] = latest[0]["digest"]
-        out[f"{TAG}eval_summary"] = json.dumps(latest[0]["metrics"], sort_keys=True)[:5000]
+        out[T.EVAL_DIGEST] = latest[0]["digest"]
+        out[T.EVAL_SUMMARY] = json.dumps(latest[0]["metrics"], sort_keys=True)[:5000]
     return out
 
 
@@ -146,18 +152,18 @@ def _lineage_tags(client: Any, run: Any) -> dict[str, str]:
 
 
 def _evaluations(client: Any, training_run_id: str, experiment_id: str | None = None) -> list[dict[str, Any]]:
-    """Evaluation runs of a training run, newest first: {digest, metrics, run_id, vocab_size}."""
+    """Evaluation runs of a training run, newest first: {digest, metrics, run_id, tokenizer_size}."""
     if experiment_id is None:
         experiment_id = _mlflow_call(f"read run {training_run_id}",
                                      lambda: client.get_run(training_run_id).info.experiment_id)  # fmt: skip
     runs = _mlflow_call("search evaluation runs", lambda: client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{EVAL_TAGS['evaluated_run']}` = '{training_run_id}' and "
-                      f"tags.`{EVAL_TAGS['kind']}` = 'evaluation' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.`{T.EVALUATED_RUN}` = '{training_run_id}' and "
+                      f"tags.`{T.KIND}` = '{T.EVALUATION}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
     ))  # fmt: skip
-    return [{"digest": r.data.tags.get(EVAL_TAGS["digest"]), "metrics": dict(r.data.metrics), "run_id": r.info.run_id,
-             "vocab_size": int(r.data.tags.get(EVAL_TAGS["vocab"], "0") or 0)} for r in runs]  # fmt: skip
+    return [{"digest": r.data.tags.get(T.EVAL_DIGEST), "metrics": dict(r.data.metrics), "run_id": r.info.run_id,
+             "tokenizer_size": int(r.data.tags.get(T.TOKENIZER_SIZE, "0") or 0)} for r in runs]  # fmt: skip
 
 
 # --- promote ----------------------------------------------------------------------------------------
@@ -172,8 +178,12 @@ class Verdict:
 
 
 def decide(candidate: dict[str, float], champion: dict[str, float] | None, policy: RegistryConfig,
-           vocab_size: int = 0) -> Verdict:  # fmt: skip
-    """Champion or challenger, from the two sets of metrics (champion None: the first model, floors only)."""
+           tokenizer_size: int = 0) -> Verdict:  # fmt: skip
+    """Champion or challenger, from the two sets of metrics (champion None: the first model, floors only).
+
+    A first model must also beat a uniform guess over the `tokenizer_size` tokens it can emit (the
+    tokenizer's, not the embedding's rows, which are padded past the tokenizer).
+    """
     primary = policy.primary_metric
     if primary not in candidate:
         raise UserError(f"the candidate's evaluation has no {primary} (registry.primary_metric); it has "
@@ -186,10 +196,9 @@ def decide(candidate: dict[str, float], champion: dict[str, float] | None, polic
             ok = value is not None and (value <= bound if lower_is_better(metric) else value >= bound)
             if not ok:
                 failures.append(f"{metric} {value} misses the floor {bound}")
-        if "perplexity" in candidate and vocab_size and not candidate["perplexity"] < vocab_size:
-            failures.append(
-                f"perplexity {candidate['perplexity']:.4g} is no better than a uniform guess ({vocab_size})"
-            )
+        if "perplexity" in candidate and tokenizer_size and not candidate["perplexity"] < tokenizer_size:
+            failures.append(f"perplexity {candidate['perplexity']:.4g} is no better than a uniform guess over the "
+                            f"{tokenizer_size} tokens of its tokenizer")  # fmt: skip
         if not math.isfinite(candidate[primary]):
             failures.append(f"{primary} is {candidate[primary]}")
         if failures:
@@ -240,7 +249,7 @@ def promote(name: str, version: int, config: DeepmoneyConfig, dry_run: bool = Fa
     result: dict[str, Any] = {"name": name, "version": version, "champion_before": observed, "dry_run": dry_run,
                               "primary_metric": policy.primary_metric, "changed": False}  # fmt: skip
     if expect_champion is not None and observed != expect_champion:
-        raise PromotionRaced({**result, "decision": "aborted", "champion_now": observed})
+        raise PromotionRaced({**result, "decision": "aborted", "champion_now": observed}, expected=expect_champion)
     evaluations = _evaluations(client, candidate.run_id)
     if not evaluations:
         raise UserError(f"{name} version {version} has no evaluation; run: deepmoney evaluate --model "
@@ -265,7 +274,7 @@ def promote(name: str, version: int, config: DeepmoneyConfig, dry_run: bool = Fa
                             f"{chosen['digest']}; run: deepmoney evaluate --model models:/{name}@{CHAMPION} "
                             "--data <the same data> --output DIR")  # fmt: skip
         chosen, champion_metrics = common, theirs[common["digest"]]["metrics"]
-    verdict = decide(chosen["metrics"], champion_metrics, policy, chosen["vocab_size"])
+    verdict = decide(chosen["metrics"], champion_metrics, policy, chosen["tokenizer_size"])
     result.update({"decision": verdict.decision, "reasons": verdict.reasons, "eval_digest": chosen["digest"],
                    "candidate": chosen["metrics"], "champion": champion_metrics})  # fmt: skip
     if dry_run:
@@ -284,14 +293,18 @@ def promote(name: str, version: int, config: DeepmoneyConfig, dry_run: bool = Fa
 
 def _tag_decision(client: Any, name: str, version: int, verdict: Verdict, observed: int | None,
                   chosen: dict[str, Any], champion_metrics: dict[str, float] | None) -> None:  # fmt: skip
-    tags = {"decision": verdict.decision, "decision_reasons": " | ".join(verdict.reasons)[:5000],
-            "compared_with": str(observed) if observed is not None else "none", "eval_digest": chosen["digest"],
-            "candidate_metrics": json.dumps(chosen["metrics"], sort_keys=True)[:5000],
-            "champion_metrics": json.dumps(champion_metrics, sort_keys=True)[:5000],
-            "decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    for key, value in tags.items():
+    decision = {
+        T.DECISION: verdict.decision,
+        T.DECISION_REASONS: " | ".join(verdict.reasons)[:5000],
+        T.COMPARED_WITH: str(observed) if observed is not None else "none",
+        T.EVAL_DIGEST: chosen["digest"],
+        T.CANDIDATE_METRICS: json.dumps(chosen["metrics"], sort_keys=True)[:5000],
+        T.CHAMPION_METRICS: json.dumps(champion_metrics, sort_keys=True)[:5000],
+        T.DECIDED_AT: utc_now(),
+    }
+    for key, value in decision.items():
         _mlflow_call("tag the version", lambda k=key, v=value: client.set_model_version_tag(name, str(version),
-                                                                                            TAG + k, v))  # fmt: skip
+                                                                                            k, v))  # fmt: skip
 
 
 @contextmanager
@@ -308,13 +321,16 @@ def promotion_lock(client: Any, name: str, settle: float, timeout: float) -> Ite
     token = f"{uuid.uuid4().hex}@{time.time():.3f}"
     deadline = time.monotonic() + timeout
     while True:
-        holder = _mlflow_call("read the promotion lock", lambda: client.get_registered_model(name)).tags.get(LOCK_TAG)
+        holder = _mlflow_call("read the promotion lock", lambda: client.get_registered_model(name)).tags.get(
+            T.PROMOTION_LOCK
+        )
         stale = holder is not None and time.time() - float(holder.rsplit("@", 1)[-1]) > timeout
         if holder is None or stale:
-            _mlflow_call("take the promotion lock", lambda: client.set_registered_model_tag(name, LOCK_TAG, token))
+            _mlflow_call("take the promotion lock",
+                         lambda: client.set_registered_model_tag(name, T.PROMOTION_LOCK, token))  # fmt: skip
             time.sleep(settle)
             tags = _mlflow_call("read the promotion lock", lambda: client.get_registered_model(name)).tags
-            if tags.get(LOCK_TAG) == token:
+            if tags.get(T.PROMOTION_LOCK) == token:
                 break
         if time.monotonic() > deadline:
             raise UserError(f"another promotion of {name} holds the lock ({holder}); try again later")
@@ -323,8 +339,8 @@ def promotion_lock(client: Any, name: str, settle: float, timeout: float) -> Ite
         yield
     finally:
         try:
-            if client.get_registered_model(name).tags.get(LOCK_TAG) == token:
-                client.delete_registered_model_tag(name, LOCK_TAG)
+            if client.get_registered_model(name).tags.get(T.PROMOTION_LOCK) == token:
+                client.delete_registered_model_tag(name, T.PROMOTION_LOCK)
         except MlflowException as exc:
             log.warning("could not release the promotion lock of %s (%s); it expires after %.0f s", name,
                         mlflow_error(exc), timeout)  # fmt: skip
@@ -336,7 +352,7 @@ def _log_comparison_chart(client: Any, name: str, version: int, chosen: dict[str
     import tempfile
     from pathlib import Path
 
-    from deepmoney.evaluate.chart import metrics_chart
+    from deepmoney.charts import metrics_chart
 
     try:
         with tempfile.TemporaryDirectory() as scratch:

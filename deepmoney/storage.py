@@ -13,16 +13,19 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from deepmoney import env
 from deepmoney.config import StorageConfig
 from deepmoney.errors import UserError
 
 _CHUNK = 1 << 20
+LOCK_FILE = ".lock"  # in a staging directory, never in a published output
+COMPLETE_MARKER = ".complete"  # written last into a local copy of a remote tree (fetch_tree)
 
 
 class StorageError(UserError):
@@ -71,12 +74,45 @@ def sha256_file(path: str | Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def umask() -> int:
+    """This process's file-creation mask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)  # elsewhere: the classic read-and-restore
+    os.umask(current)
+    return current
+
+
+def file_mode() -> int:
+    """The mode a plain new file gets under the umask (0644 under the usual 022).
+
+    Outputs live on volumes that other users and pods read; `tempfile` creates private (0600)
+    files, so everything deepmoney publishes is given this mode instead.
+    """
+    return 0o666 & ~umask()
+
+
+def share_tree(root: Path) -> None:
+    """Give every file under `root` (and `root` itself, if a file) the umask's mode, directories likewise."""
+    mode, dir_mode = file_mode(), 0o777 & ~umask()
+    paths = [root, *root.rglob("*")] if root.is_dir() else [root]
+    for path in paths:
+        if path.is_symlink():
+            continue
+        os.chmod(path, dir_mode if path.is_dir() else mode)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a local file so that readers see either the old content or the whole new content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -85,6 +121,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def download_once(target: Path, download: Callable[[Path], object]) -> Path:
+    """`target`, filled by `download(directory)` unless an earlier call already completed it.
+
+    The download goes into a hidden sibling directory that is marked complete last and then
+    renamed into place, so an interrupted download is never mistaken for a finished one. Every
+    copy of a remote model, corpus or checkpoint deepmoney makes goes through here.
+    """
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    download(partial)
+    (partial / COMPLETE_MARKER).touch()
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
 
 
 class Storage:
@@ -142,7 +197,7 @@ class Storage:
                 raise StorageError(f"no such S3 object: {uri}") from None
             raise StorageError(f"S3 request for {uri} failed: {code or status}: {exc}") from None
         except BotoCoreError as exc:
-            endpoint = self.config.s3_endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+            endpoint = self.config.s3_endpoint_url or env.get(env.AWS_ENDPOINT_URL) or "AWS"
             raise StorageError(
                 f"cannot reach S3 ({endpoint}) for {uri}: {exc}; check storage.s3_endpoint_url"
             ) from None
@@ -242,6 +297,10 @@ class Storage:
         finally:
             body.close()
 
+    def fetch_tree(self, uri: str, local_dir: str | Path) -> Path:
+        """A local copy of the tree at `uri`, downloaded once (see `download_once`)."""
+        return download_once(Path(local_dir), lambda partial: self.download_tree(uri, partial))
+
     def download_tree(self, uri: str, local_dir: str | Path) -> Path:
         """Copy every object under an S3 prefix (or a local directory) into `local_dir`."""
         local_dir = Path(local_dir)
@@ -298,26 +357,54 @@ class Storage:
         """Move a finished local staging directory to `uri`, writing the file named `last` at the end.
 
         The existing `last` file (the completion marker) is removed first, so a reader never sees a
-        marker beside a mix of old and new files, even if this is interrupted half-way.
+        marker beside a mix of old and new files, even if this is interrupted half-way. Files of an
+        earlier output at `uri` that the new one does not have are removed before the marker is
+        written (the caller has checked that `uri` holds nothing but an earlier output of the same
+        stage, see `deepmoney.stage`). Published files get the umask's mode (`file_mode`).
         """
         uri = str(uri)
-        files = sorted(p for p in staging.rglob("*") if p.is_file())
-        ordered = [p for p in files if p.name != last or p.parent != staging]
-        ordered += [p for p in files if p.name == last and p.parent == staging]
+        files = sorted(p for p in staging.rglob("*") if p.is_file() and p != staging / LOCK_FILE)
+        marker = [p for p in files if p.name == last and p.parent == staging]
+        ordered = [p for p in files if p not in marker] + marker
+        names = {p.relative_to(staging).as_posix() for p in files}
         self.delete(join(uri, last))
         if is_s3(uri):
             bucket, prefix = split_s3(uri)
             for path in ordered:
+                if path in marker:
+                    self._remove_stale(uri, names)
                 key = "/".join(filter(None, [prefix.rstrip("/"), path.relative_to(staging).as_posix()]))
                 with self._s3_errors(f"s3://{bucket}/{key}"):
                     self.s3.upload_file(str(path), bucket, key)
+            if not marker:
+                self._remove_stale(uri, names)
             return
         target = Path(uri)
         target.mkdir(parents=True, exist_ok=True)
+        share_tree(staging)
         for path in ordered:
+            if path in marker:
+                self._remove_stale(uri, names)
             dest = target / path.relative_to(staging)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, dest)
+        if not marker:
+            self._remove_stale(uri, names)
+
+    def _remove_stale(self, uri: str, keep: set[str]) -> None:
+        """Delete the files under `uri` whose relative path is not in `keep` (an earlier output's leftovers)."""
+        base = uri.rstrip("/") + "/"
+        try:
+            existing = self.list_files(uri)
+        except StorageError:
+            return
+        for ref in existing:
+            if ref.uri.startswith(base) and ref.uri[len(base) :] not in keep:
+                self.delete(ref.uri)
+        if not is_s3(uri):
+            for directory in sorted((p for p in Path(uri).rglob("*") if p.is_dir()), reverse=True):
+                if not any(directory.iterdir()):
+                    directory.rmdir()
 
     @contextmanager
     def staging_dir(self, output: str | Path, key: str | None = None, keep_on_error: bool = False) -> Iterator[Path]:
@@ -343,7 +430,7 @@ class Storage:
             if other != path and other.is_dir() and not _locked(other):
                 shutil.rmtree(other, ignore_errors=True)
         path.mkdir(exist_ok=True)
-        lock = open(path / ".lock", "a+")  # noqa: SIM115 - held for the whole build
+        lock = open(path / LOCK_FILE, "a+")  # noqa: SIM115 - held for the whole build
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -365,7 +452,7 @@ class Storage:
 def _locked(directory: Path) -> bool:
     """Whether a live process holds the lock of a staging directory."""
     try:
-        with open(directory / ".lock", "a+") as handle:
+        with open(directory / LOCK_FILE, "a+") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install deepmoney into a virtual environment (.venv, or $DEEPMONEY_VENV).
-#   scripts/install.sh         the package and its runtime dependencies
-#   scripts/install.sh dev     ... plus the test tools (pytest, moto, ruff, reportlab)
+#   scripts/install.sh         the package and its core dependencies (data, synthesis, evaluation, registry)
+#   scripts/install.sh train   ... plus training (DeepSpeed, peft): what `deepmoney quickstart` needs
+#   scripts/install.sh dev     ... plus training and the test tools (pytest, moto, ruff, import-linter)
+#   scripts/install.sh train,serve   several extras at once
 # On a machine without an NVIDIA GPU it installs the CPU build of torch first, so that pip does not
 # pull a multi-GB CUDA build; on a GPU machine it keeps (or installs) the CUDA build.
 set -euo pipefail

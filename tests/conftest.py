@@ -36,14 +36,10 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     """Run the real `deepmoney` command in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "deepmoney", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        cwd=ROOT,
+        [sys.executable, "-m", "deepmoney", *args], capture_output=True, env=full_env, timeout=timeout, cwd=ROOT
     )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    # Decoded by hand, not with text=True: universal newlines would turn a progress bar's \r into \n.
+    return CliResult(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
 
 
 def build_pt_cli(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer.main
 
-from deepmoney.cli import COMMANDS, app, expand_multi_value_options
+from deepmoney.cli import COMMANDS, app
+from deepmoney.shell import expand_multi_value_options
 from tests.conftest import assert_clean_error, run_cli
 
 
@@ -70,3 +71,42 @@ def test_missing_tokenizer_directory(tmp_path) -> None:
     assert_clean_error(result, "no Hugging Face tokenizer", str(tmp_path / "nope"))
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_are_one_line(tmp_path) -> None:
+    for args in (["data", "build-pt", "--no-such-flag"], ["promote", "--name", "x", "--version", "abc"],
+                 ["no-such-verb"], ["evaluate", "--model", "m"]):  # fmt: skip
+        result = run_cli(*args)
+        assert_clean_error(result, "error: ", "--help")
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_unknown_environment_section_is_an_error() -> None:
+    result = run_cli("config", "show", env={"DEEPMONEY_DTA__BLOCK_SIZE": "512"})
+    assert_clean_error(result, "DEEPMONEY_DTA__BLOCK_SIZE", "no field 'dta'", "data")
+    assert result.returncode == 2 and not result.stdout
+
+
+def test_quiet_stdout_carries_only_the_results(tmp_path, tiny_model, mlflow_server) -> None:
+    """Under -q: stdout is each command's summary and nothing else; stderr has no INFO lines or progress bars."""
+    from tests.conftest import SAMPLE_CORPUS
+
+    tracking = {"MLFLOW_TRACKING_URI": mlflow_server, "DEEPMONEY_TRAIN__MLFLOW__LOG_MODEL": "none",
+                "DEEPMONEY_DATA__HELDOUT_FRACTION": "0.3"}  # fmt: skip
+    pt, out = tmp_path / "pt", tmp_path / "run"
+    steps = {
+        "data build-pt": (["data", "build-pt", "--input", str(SAMPLE_CORPUS), "--tokenizer", str(tiny_model),
+                           "--output", str(pt), "--block-size", "128"], "pt corpus written:", 6),
+        "train": (["train", "--model", str(tiny_model), "--data", str(pt), "--output", str(out), "--launcher",
+                   "local", "--nproc", "1", "--zero", "0", "--max-steps", "2", "--micro-batch", "2"], "trained pt:", 3),
+        "evaluate": (["evaluate", "--model", str(out / "final"), "--data", str(pt), "--output", str(tmp_path / "e"),
+                      "--no-chain"], "evaluation written:", None),
+    }  # fmt: skip
+    for name, (args, first, lines) in steps.items():
+        result = run_cli("-q", *args, env=tracking)
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+        assert result.stdout.startswith(first), (name, result.stdout)
+        assert "View run" not in result.stdout and "View experiment" not in result.stdout, name
+        assert lines is None or len(result.stdout.strip().splitlines()) == lines, (name, result.stdout)
+        noise = [line for line in result.stderr.splitlines() if " INFO " in line or "%|" in line]
+        assert not noise, (name, noise[:5])

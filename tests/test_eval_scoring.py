@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepmoney.evaluate.scoring import (
+from deepmoney.scoring import (
     extract_numbers,
     mean_scores,
     numbers_match,

@@ -43,6 +43,8 @@ def test_cache_and_context_limit(tiny_model: Path, tmp_path: Path) -> None:
     first = _run(backend, ["short question", huge])
     assert first[0].text is not None and not first[0].cached
     assert isinstance(first[1], LLMRequestError) and "exceeds the model's context" in str(first[1])
+    # The refusal is counted: attempts = successes + failures, as for an HTTP endpoint.
+    assert backend.stats.failed == 1 and backend.stats.requests == 2
     again = LocalChatBackend(parse_endpoint("questioner", f"local:{tiny_model}"), cache=RequestCache(cache_path))
     (cached,) = _run(again, ["short question"])
     assert cached.cached and cached.text == first[0].text and again.stats.requests == 0
@@ -51,3 +53,23 @@ def test_cache_and_context_limit(tiny_model: Path, tmp_path: Path) -> None:
 def test_missing_model_directory(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no Hugging Face model"):
         LocalChatBackend(parse_endpoint("answerer", f"local:{tmp_path}"))
+
+
+def test_one_generator_refuses_what_does_not_fit_and_fits_text_in_tokens(tiny_model: Path) -> None:
+    """models.generate is the one generator: the local role and evaluation agree on over-long prompts."""
+    from deepmoney.evaluate.generation import ModelUnderTest
+    from deepmoney.models.generate import GenerationSettings, Generator, PromptTooLong
+    from deepmoney.models.load import load_causal_lm
+
+    model, tokenizer = load_causal_lm(tiny_model)
+    generator = Generator(model, tokenizer)
+    huge = [{"role": "user", "content": "rates " * 5000}]
+    short = [{"role": "user", "content": "Which sectors does a rate cut affect?"}]
+    long_result, short_result = generator.generate([huge, short], GenerationSettings(max_new_tokens=8))
+    assert isinstance(long_result, PromptTooLong) and long_result.context == generator.context
+    assert short_result.text is not None and short_result.completion_tokens <= 8
+    mut = ModelUnderTest(model, tokenizer, batch_size=2, max_new_tokens=8, quiet=True)
+    assert mut.chat([huge, short])[0] == "" and mut.too_long == 1  # refused and counted, never cut silently
+    text, cut = generator.fit_text("rates " * 5000, 100)
+    assert cut and generator.count_tokens(text) <= 100
+    assert generator.fit_text("short", 100) == ("short", False)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from deepmoney.models import PRESETS, build_model
+from deepmoney.models.init import build_model
+from deepmoney.models.presets import PRESETS
 from tests.conftest import assert_clean_error, run_cli
 
 

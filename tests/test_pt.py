@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
+from deepmoney.errors import EXIT_SIGTERM
 from tests.conftest import ROOT, SAMPLE_CORPUS, assert_clean_error, build_pt_cli, run_cli
 from tests.test_readers import make_pdf
 
@@ -215,8 +216,18 @@ def test_rerun_reuses_and_config_change_rebuilds(built: tuple[Path, Path], tiny_
         str(copy),
         "--quiet",
     )
+    # Other settings on an existing corpus: refused, naming what differs, until --overwrite asks for it.
+    assert_clean_error(
+        rebuilt, "other inputs or settings", "data.block_size (16 -> 32)", "data.shard_rows", "--overwrite"
+    )
+    assert rebuilt.returncode == 2 and len(rebuilt.stderr.strip().splitlines()) == 1
+    assert json.loads((copy / "manifest.json").read_text())["block_size"] == 16  # untouched
+    flags = ("--block-size", "32", "--output", str(copy), "--quiet", "--overwrite")
+    rebuilt = run_cli("--config", str(config), "data", "build-pt", "--input", str(corpus), "--tokenizer",
+                      str(tiny_model), *flags)  # fmt: skip
     assert rebuilt.returncode == 0 and "written" in rebuilt.stdout
     manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["block_size"] == 32
     shards = sorted((copy / "data").iterdir())
     # The old, more numerous shards are gone: every name counts the same total.
     assert all(p.name.endswith(f"-of-{len(shards):05d}.parquet") for p in shards)
@@ -270,15 +281,16 @@ def test_a_large_single_line_document_is_tokenized_in_pieces(tiny_model: Path, t
     assert abs(manifest["tokens"] - expected) <= expected * 0.001  # piece cuts fall on spaces
 
 
-def test_no_usable_documents_is_an_error_with_a_report(tiny_model: Path, tmp_path: Path) -> None:
+def test_no_usable_documents_is_an_error_that_writes_nothing(tiny_model: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.bin").write_bytes(b"\x00\x01")
     (bad / "tiny.md").write_text("too short")
     result = build_pt_cli([str(bad)], str(tiny_model), str(tmp_path / "out"), "--quiet")
-    assert_clean_error(result, "no usable documents", "1 rejected", "1 dropped")
-    assert (tmp_path / "out" / "rejected.jsonl").exists()
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert_clean_error(result, "no usable documents", "1 inputs rejected", "1 documents dropped", "nothing was written")
+    assert "x.bin: unsupported file type" in result.stderr  # each reason is on stderr
+    assert not (tmp_path / "out").exists()  # a run that produced nothing publishes nothing
+    assert not list(tmp_path.glob(".out.staging-*"))
 
 
 def _summary_responder(model: str, messages: list[dict[str, str]]) -> str:
@@ -353,7 +365,7 @@ def test_interrupted_run_resumes_to_the_same_result(
     _, stderr = proc.communicate(timeout=60)
     assert not out.exists(), "a partial output was published"
     if how == signal.SIGTERM:
-        assert proc.returncode == 130 and "resume" in stderr and "Traceback" not in stderr
+        assert proc.returncode == EXIT_SIGTERM and "resume" in stderr and "Traceback" not in stderr
     assert list(tmp_path.glob(".out.staging-*/state/checkpoint.json")), "the work directory was kept for a resume"
 
     again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)

@@ -12,16 +12,19 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoTokenizer
 
 from deepmoney.config import RegistryConfig, load_config, overrides_from_flags
 from deepmoney.data.pt import build_pt
 from deepmoney.errors import UserError
 from deepmoney.llm.scripted_server import ScriptedOpenAIServer
 from deepmoney.registry import CHALLENGER, CHAMPION, decide, storage_location
-from tests.conftest import ROOT, SAMPLE_CORPUS, S3Endpoint, assert_clean_error, run_cli
+from tests.conftest import ROOT, SAMPLE_CORPUS, S3Endpoint, _free_port, assert_clean_error, run_cli
 from tests.test_synth import MODELS, ROLE_ARGS, scripted_analyst
 from tests.test_train import train_cli
 
@@ -65,7 +68,7 @@ def _evaluate(model: str, evalset: Path, out: Path, tracking: dict[str, str]) ->
     result = run_cli("evaluate", "--model", model, "--data", str(evalset), "--output", str(out), *EVAL_FLAGS,
                      "--benchmark", bench, env=tracking)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((out / "evaluation.json").read_text())
+    return json.loads((out / "manifest.json").read_text())
 
 
 def _promote(tracking: dict[str, str], version: int, *flags: str) -> tuple[int, dict]:
@@ -77,7 +80,8 @@ def _promote(tracking: dict[str, str], version: int, *flags: str) -> tuple[int, 
 def champion_run(tiny_model: Path, evalset: Path, tracking: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("runs")
     manifest = _train(tiny_model, evalset, out / "good", tracking, "--max-steps", "40", "--learning-rate", "3e-3")
-    evaluation = _evaluate(str(out / "good"), evalset, out / "eval-good", tracking)
+    # The path `train` prints (OUT/final) is linked to the training run through OUT's manifest.
+    evaluation = _evaluate(manifest["final"], evalset, out / "eval-good", tracking)
     return manifest, evaluation, out
 
 
@@ -88,7 +92,12 @@ def test_evaluation_measures_everything_and_is_tracked(champion_run, evalset: Pa
     metrics = evaluation["metrics"]
     pt_manifest = json.loads((evalset / "pt" / "manifest.json").read_text())
     assert metrics["heldout_documents"] == pt_manifest["heldout"]["documents"] >= 2
-    assert metrics["heldout_tokens"] > 0 and 1.0 < metrics["perplexity"] < evaluation["vocab_size"]
+    assert metrics["heldout_tokens"] > 0 and 1.0 < metrics["perplexity"] < evaluation["tokenizer_size"]
+    # The uniform-guess floor is the tokenizer's size, not the embedding's rows (padded past the tokenizer).
+    tokenizer = AutoTokenizer.from_pretrained(manifest["final"])
+    assert evaluation["tokenizer_size"] == len(tokenizer) < evaluation["embedding_rows"]
+    assert evaluation["training_run_id"] == manifest["mlflow_run_id"]
+    assert evaluation["evaluation_set"]["tokenizer"] == pt_manifest["tokenizer"]["digest"]  # the digest covers it
     assert metrics["qa_count"] == 6 and 0.0 <= metrics["qa_rouge_l"] <= 1.0 and 0.0 <= metrics["qa_token_f1"] <= 1.0
     assert {"chain_sectors_parsed", "chain_data_named", "chain_data_used", "chain_pass_rate"} <= set(metrics)
     assert metrics["bench_fpb_sample_count"] == 8 and 0.0 <= metrics["bench_fpb_sample_accuracy"] <= 1.0
@@ -101,19 +110,48 @@ def test_evaluation_measures_everything_and_is_tracked(champion_run, evalset: Pa
     run = client.get_run(evaluation["mlflow_run_id"])
     assert run.data.tags["deepmoney.evaluated_run_id"] == manifest["mlflow_run_id"]
     assert run.data.tags["deepmoney.eval_digest"] == evaluation["eval_digest"]
+    assert run.data.tags["deepmoney.tokenizer_size"] == str(len(tokenizer))
     assert run.data.metrics["perplexity"] == pytest.approx(metrics["perplexity"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"evaluation.json", "qa.jsonl", "chain.jsonl", "evaluation.png"} <= artifacts
 
 
-def test_a_rerun_evaluation_generates_nothing_twice(champion_run, evalset: Path) -> None:
-    """Replies are committed batch by batch: a killed or repeated evaluation resumes from them."""
-    _, evaluation, out = champion_run
+def test_a_repeated_evaluation_is_reused_and_a_killed_one_resumes(champion_run, evalset: Path, tmp_path: Path) -> None:
+    """The same evaluation again reuses the output; a killed one resumes from its committed replies."""
+    manifest, evaluation, out = champion_run
     assert evaluation["generations_from_cache"] == 0
-    again = _evaluate(str(out / "good"), evalset, out / "eval-good", {"MLFLOW_TRACKING_URI": ""})
-    chain_items = len([line for line in (out / "eval-good" / "chain.jsonl").open()])
-    assert again["generations_from_cache"] == evaluation["metrics"]["qa_count"] + 3 * chain_items
-    assert again["metrics"] == evaluation["metrics"] and again["eval_digest"] == evaluation["eval_digest"]
+    again = _evaluate(manifest["final"], evalset, out / "eval-good", {"MLFLOW_TRACKING_URI": ""})
+    assert again == evaluation  # reused: not a single reply generated again
+    args = ["evaluate", "--model", manifest["final"], "--data", str(evalset), "--output", str(tmp_path / "killed"),
+            *EVAL_FLAGS, "--benchmark", str(Path("examples/benchmarks/fpb_sample.jsonl").resolve())]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "deepmoney", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while _committed_replies(tmp_path) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    committed = _committed_replies(tmp_path)
+    assert committed >= 2 and not (tmp_path / "killed").exists()  # nothing published by the killed run
+    resumed = run_cli(*args, env={"MLFLOW_TRACKING_URI": ""})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((tmp_path / "killed" / "manifest.json").read_text())
+    assert record["generations_from_cache"] >= committed
+    assert record["metrics"] == evaluation["metrics"] and record["eval_digest"] == evaluation["eval_digest"]
+
+
+def _committed_replies(directory: Path) -> int:
+    import sqlite3
+
+    total = 0
+    for db in directory.glob(".killed.staging-*/state/generations.sqlite"):
+        try:
+            with sqlite3.connect(db, timeout=1) as connection:
+                total += connection.execute("select count(*) from responses").fetchone()[0]
+        except sqlite3.Error:
+            pass
+    return total
 
 
 def test_register_promote_and_a_worse_candidate(
@@ -177,7 +215,7 @@ def test_register_promote_and_a_worse_candidate(
     assert code == 0 and repeat["decision"] == CHALLENGER
     decided_at = client.get_model_version(NAME, "2").tags["deepmoney.decided_at"]
     raced = run_cli("promote", "--name", NAME, "--version", "2", "--expect-champion", "2", env=tracking)
-    assert raced.returncode == 2 and "champion changed to version 1" in raced.stderr
+    assert raced.returncode == 2 and "the champion is version 1, not version 2 (--expect-champion)" in raced.stderr
     assert json.loads(raced.stdout)["champion_now"] == 1
     assert client.get_model_version_by_alias(NAME, CHAMPION).version == "1"
     assert client.get_model_version(NAME, "2").tags["deepmoney.decided_at"] == decided_at
@@ -192,13 +230,47 @@ def test_register_promote_and_a_worse_candidate(
     command = [sys.executable, "-m", "deepmoney", "promote", "--name", NAME, "--version", "3"]
     racers = [subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(2)]  # fmt: skip
-    outcomes = sorted((p.wait(timeout=120), json.loads(p.stdout.read()), p.stderr.read()) for p in racers)
+    finished = [(p.wait(timeout=240), p.stdout.read(), p.stderr.read()) for p in racers]
+    assert all(stdout.strip() for _, stdout, _ in finished), [stderr[-2000:] for _, _, stderr in finished]
+    outcomes = sorted((code, json.loads(stdout), stderr) for code, stdout, stderr in finished)
     (won, won_result, _), (lost, lost_result, lost_err) = outcomes
     assert won == 0 and won_result["decision"] == CHAMPION and won_result["changed"]
     assert lost == 2 and lost_result["champion_now"] == 3 and "champion changed to version 3" in lost_err
     assert client.get_model_version_by_alias(NAME, CHAMPION).version == "3"
     assert "deepmoney.promotion_lock" not in client.get_registered_model(NAME).tags
     assert {"promotion.png", "evaluation.json"} <= {a.path for a in client.list_artifacts(better_eval["mlflow_run_id"])}
+
+
+def test_the_resolver_takes_every_form_of_model_reference(
+    champion_run, tracking: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runs:/, models:/NAME/VERSION, models:/NAME@ALIAS, models:/m-… and OUT/final name the same weights."""
+    from safetensors.torch import load_file
+
+    from deepmoney.models.resolve import resolve_model
+
+    for name, value in tracking.items():
+        monkeypatch.setenv(name, value)
+    manifest, _, out = champion_run
+    config = load_config()
+    expected = load_file(Path(manifest["final"]) / "model.safetensors")
+    forms = {
+        "final/": (manifest["final"], None),
+        "train output": (str(out / "good"), None),
+        "runs:/": (f"runs:/{manifest['mlflow_run_id']}/model", None),
+        "models:/m-": (manifest["mlflow_model_uri"], None),
+        "models:/NAME/VERSION": (f"models:/{NAME}/1", (NAME, "1")),
+        "models:/NAME@ALIAS": (f"models:/{NAME}@{CHALLENGER}", (NAME, "2")),
+    }
+    for form, (uri, registered) in forms.items():
+        resolved = resolve_model(uri, config, tmp_path / "cache")
+        assert (resolved.path / "config.json").is_file() and (resolved.path / "tokenizer.json").is_file(), form
+        assert resolved.registered == registered, form
+        if registered != (NAME, "2"):  # version 2 is the deliberately worse run
+            assert resolved.training_run_id == manifest["mlflow_run_id"], form
+            weights = load_file(resolved.path / "model.safetensors")
+            assert all(torch.equal(weights[k], expected[k]) for k in expected), form
+    assert resolve_model(str(out / "good"), config, tmp_path / "cache").train_output == out / "good"
 
 
 def test_registry_bad_inputs(champion_run, tracking: dict[str, str], tmp_path: Path) -> None:
@@ -221,12 +293,13 @@ def test_registry_bad_inputs(champion_run, tracking: dict[str, str], tmp_path: P
         ({"perplexity": 110.0}, {"perplexity": 100.0}, CHALLENGER),
         ({"perplexity": 90.0, "qa_token_f1": 0.30}, {"perplexity": 100.0, "qa_token_f1": 0.40}, CHALLENGER),  # guard
         ({"perplexity": 90.0, "qa_token_f1": 0.39}, {"perplexity": 100.0, "qa_token_f1": 0.40}, CHAMPION),  # in tol.
-        ({"perplexity": 50.0}, None, CHAMPION),  # first model, better than uniform over 8192
+        ({"perplexity": 50.0}, None, CHAMPION),  # first model, better than uniform over its 5049 tokens
         ({"perplexity": 9000.0}, None, CHALLENGER),  # first model, no better than a uniform guess
+        ({"perplexity": 8180.0}, None, CHALLENGER),  # below the embedding's 8192 rows, yet worse than uniform
     ],
 )
 def test_decision_table(candidate: dict, champion: dict | None, expected: str) -> None:
-    assert decide(candidate, champion, RegistryConfig(), vocab_size=8192).decision == expected
+    assert decide(candidate, champion, RegistryConfig(), tokenizer_size=5049).decision == expected
 
 
 def test_decision_floors_and_higher_is_better_primary() -> None:
@@ -264,7 +337,7 @@ def test_evaluate_bad_inputs(tmp_path: Path) -> None:
     assert_clean_error(no_model, "no such directory")
     no_tracking = run_cli("evaluate", "--model", "models:/x/1", "--output", out, env=no_server)
     assert_clean_error(no_tracking, "no MLflow tracking server")
-    assert not (tmp_path / "out" / "evaluation.json").exists()
+    assert not (tmp_path / "out").exists()  # a failed evaluation leaves no output directory behind
 
 
 def test_reference_mode_registers_where_the_weights_are(tiny_model: Path, evalset: Path, tracking: dict[str, str],
@@ -287,3 +360,89 @@ def test_reference_mode_registers_where_the_weights_are(tiny_model: Path, evalse
     evaluation = _evaluate("models:/deepmoney-ref/1", evalset, tmp_path / "eval", tracking)
     assert evaluation["metrics"]["perplexity"] > 1.0 and evaluation["training_run_id"] == manifest["mlflow_run_id"]
     assert evaluation["registered"] == ["deepmoney-ref", "1"]
+
+
+@pytest.mark.parametrize("vocab_size", [400, 12000])  # an embedding smaller, then larger, than the corpus's ids
+def test_evaluate_refuses_a_model_whose_tokenizer_made_other_ids(
+    vocab_size: int, evalset: Path, tokenizer_corpus: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-model"
+    made = run_cli("model", "init", "--tokenizer-corpus", str(tokenizer_corpus), "--output", str(other),
+                   "--vocab-size", str(vocab_size))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    result = run_cli("evaluate", "--model", str(other), "--data", str(evalset / "pt"), "--output",
+                     str(tmp_path / "eval"), "--no-chain", env={"MLFLOW_TRACKING_URI": ""})  # fmt: skip
+    assert_clean_error(
+        result, "was tokenized with", "not with the tokenizer of", "its perplexity would measure nothing"
+    )
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_takes_each_dataset_once(champion_run, evalset: Path, tmp_path: Path) -> None:
+    """`--data PT --data SFT` is the same evaluation set as their parent directory; two of one kind are refused."""
+    manifest, _, _ = champion_run
+    flags = ("--no-chain", "--max-qa", "2", "--max-new-tokens", "8", "--batch-size", "4")
+    quiet = {"MLFLOW_TRACKING_URI": ""}
+    both = run_cli("-q", "evaluate", "--model", manifest["final"], "--data", str(evalset / "pt"), "--data",
+                   str(evalset / "sft"), "--output", str(tmp_path / "a"), *flags, env=quiet)  # fmt: skip
+    parent = run_cli("-q", "evaluate", "--model", manifest["final"], "--data", str(evalset), "--output",
+                     str(tmp_path / "b"), *flags, env=quiet)  # fmt: skip
+    assert both.returncode == 0 and parent.returncode == 0, both.stderr[-2000:] + parent.stderr[-2000:]
+    a, b = (json.loads((tmp_path / n / "manifest.json").read_text()) for n in "ab")
+    assert a["eval_digest"] == b["eval_digest"] and a["metrics"] == b["metrics"]
+    assert a["metrics"]["qa_count"] == 2 and "perplexity" in a["metrics"]
+    printed = dict(line.split() for line in both.stdout.splitlines()[1:] if len(line.split()) == 2)
+    assert printed["qa_count"] == "2" and printed["heldout_tokens"] == str(int(a["metrics"]["heldout_tokens"]))
+    assert printed["qa_rouge_l"] == f"{a['metrics']['qa_rouge_l']:.4f}"  # counts as integers, scores with decimals
+    twice = run_cli("evaluate", "--model", manifest["final"], "--data", str(evalset / "pt"), "--data",
+                    str(evalset), "--output", str(tmp_path / "c"), *flags, env=quiet)  # fmt: skip
+    assert_clean_error(twice, "names two pt-corpus", "pass one")
+    assert not (tmp_path / "c").exists()
+
+
+def test_offline_training_and_evaluation_sync_then_register_and_promote(
+    tiny_model: Path, evalset: Path, tracking: dict[str, str], mlflow_server: str, tmp_path: Path
+) -> None:
+    """MLflow down for training and evaluation: both finish, keep what MLflow missed, and once it answers
+    `track sync` uploads them, so the model is registered and promoted like one tracked live."""
+    import mlflow
+
+    dead = {**tracking, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"}
+    manifest = _train(tiny_model, evalset, tmp_path / "run", dead, "--max-steps", "40", "--learning-rate", "3e-3")
+    assert manifest["mlflow_run_id"] is None and manifest["mlflow_pending"] is True
+    evaluation = _evaluate(manifest["final"], evalset, tmp_path / "eval", dead)
+    assert evaluation["mlflow_run_id"] is None and evaluation["mlflow_pending"] is True
+    refused = run_cli("register", "--run-id", "none", "--name", "deepmoney-offline", env=dead)
+    assert_clean_error(refused, "does not answer")
+
+    eval_first = run_cli("track", "sync", str(tmp_path / "eval"), env=tracking)
+    assert_clean_error(eval_first, "not in MLflow yet", "sync it first")
+    synced = run_cli("track", "sync", str(tmp_path / "run"), str(tmp_path / "eval"), env=tracking)
+    assert synced.returncode == 0, synced.stderr[-3000:]
+    trained = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    evaluated = json.loads((tmp_path / "eval" / "manifest.json").read_text())
+    assert trained["mlflow_run_id"] and trained["mlflow_pending"] is False and trained["mlflow_model_uri"]
+    assert evaluated["mlflow_run_id"] and evaluated["training_run_id"] == trained["mlflow_run_id"]
+    assert not (tmp_path / "run" / "mlflow_offline.json").exists()
+    assert synced.stdout.splitlines() == [
+        f"{tmp_path / 'run'}: synced to MLflow run {trained['mlflow_run_id']}",
+        f"{tmp_path / 'eval'}: synced to MLflow run {evaluated['mlflow_run_id']}",
+    ]
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(trained["mlflow_run_id"])
+    losses = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss")]
+    local = [(line["step"], line["loss"]) for line in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open())]
+    assert [step for step, _ in sorted(losses)] == [step for step, _ in local]  # every step, once
+    assert [value for _, value in sorted(losses)] == pytest.approx([value for _, value in local])
+    assert run.data.tags["deepmoney.stage"] == "pt" and run.data.params["train.max_steps"] == "40"
+    assert run.inputs.dataset_inputs and run.info.status == "FINISHED"
+
+    again = run_cli("track", "sync", str(tmp_path / "run"), env=tracking)
+    assert again.stdout.strip() == f"{tmp_path / 'run'}: already in MLflow run {trained['mlflow_run_id']}"
+    version = run_cli("register", "--run-id", trained["mlflow_run_id"], "--name", "deepmoney-offline", env=tracking)
+    assert version.returncode == 0 and version.stdout.strip() == "1", version.stderr
+    promoted = run_cli("promote", "--name", "deepmoney-offline", "--version", "1", env=tracking)
+    assert promoted.returncode == 0, promoted.stderr
+    assert json.loads(promoted.stdout)["decision"] == CHAMPION
+    assert client.get_model_version_by_alias("deepmoney-offline", CHAMPION).version == "1"

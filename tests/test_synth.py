@@ -87,7 +87,14 @@ def test_faulty_server_every_chapter_covered_and_formats(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     out = tmp_path / "sft"
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["chapters"] == 24 and manifest["chapters_covered"] == 24
+    records = [json.loads(line) for name in ("alpaca.jsonl", "heldout_alpaca.jsonl") for line in (out / name).open()]
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").open()]
+    # Every chapter was asked about; "covered" counts the chapters that gave at least one record.
+    assert manifest["chapters"] == 24
+    assert manifest["chapters_covered"] == len({r["meta"]["chapter_id"] for r in records}) >= 20
+    assert {r["meta"]["chapter_id"] for r in records} | {r.get("chapter_id") for r in rejected} >= {
+        r["meta"]["chapter_id"] for r in records
+    }
     assert manifest["records"] >= 24
     assert sum(s["retries"] for s in manifest["requests"].values()) > 0
     assert set(server.outcomes()) >= {"429", "500", "timeout", "malformed", "empty", "ok"}
@@ -101,7 +108,6 @@ def test_faulty_server_every_chapter_covered_and_formats(tmp_path: Path) -> None
         assert meta["assets"] and meta["assets"][0] in row["instruction"]
         assert meta["roles"]["answerer"].endswith("#answerer-67b") and meta["prompt_version"]
     assert {r["meta"]["language"] for r in alpaca} >= {"en"}
-    rejected = [json.loads(line) for line in (out / "rejected.jsonl").open()]
     assert all(r["reason"] for r in rejected)
 
 
@@ -205,16 +211,60 @@ def test_unknown_model_and_no_chapters(tmp_path: Path) -> None:
     assert_clean_error(run_cli(*args), "no chapters to ask about")
 
 
+LONG_CHAPTERS = {"DEEPMONEY_SYNTH__MAX_CHAPTER_CHARS": "20000", "DEEPMONEY_DATA__CHAPTERS__MAX_CHARS": "20000"}
+SHORT_REPLIES = {
+    f"DEEPMONEY_SYNTH__{role.upper()}__MAX_TOKENS": "48" for role in ("questioner", "answerer", "extractor")
+}
+
+
+def _long_report(directory: Path) -> Path:
+    """One report whose single chapter is far longer than the tiny model's 2,048-token context."""
+    directory.mkdir()
+    sentences = [f"In quarter {i} the copper price rose {i % 7}.{i % 10}% while bank margins fell {i % 5} basis "
+                 f"points, and the regional property index moved {i % 9} points." for i in range(400)]  # fmt: skip
+    (directory / "long.md").write_text("# Long copper and banks review\n\n" + " ".join(sentences), encoding="utf-8")
+    return directory
+
+
 def test_in_process_backend_on_the_tiny_model(tmp_path: Path, tiny_model: Path) -> None:
+    """The embedded default: a chapter longer than the tiny model's context is cut in its tokens, so no request
+    fails for length; a random-init model writes noise, so no pair passes and the run fails loudly, writing nothing."""
     local = f"local:{tiny_model}"
-    result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), "--questioner", local,
-                     "--answerer", local, "--extractor", local, "--allow-same-model", "--max-chapters", "2",
-                     "--questions-per-chapter", "1", "--quiet")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    # A random-init model writes noise: every chapter ends up covered by a record or a reasoned rejection.
-    assert manifest["chapters_covered"] == manifest["chapters"] == 2
-    assert manifest["requests"]["questioner"]["requests"] >= 2
+    result = run_cli("synth", "--input", str(_long_report(tmp_path / "corpus")), "--output", str(tmp_path / "o"),
+                     "--questioner", local, "--answerer", local, "--extractor", local, "--allow-same-model",
+                     "--questions-per-chapter", "1", "--quiet", env={**LONG_CHAPTERS, **SHORT_REPLIES})  # fmt: skip
+    assert_clean_error(result, "synthesis produced no dataset", "no question-answer pair passed the filters")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    failed, asked = map(int, re.search(r"\((\d+) of (\d+) requests failed", result.stderr).groups())
+    assert failed == 0 and asked >= 2  # uncut, the chapter's prompt would be refused as longer than the context
+    assert not (tmp_path / "o").exists()
+
+
+def test_chapters_are_cut_to_fit_each_roles_context(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:
+    from deepmoney.config import load_config
+    from deepmoney.llm.backends import make_backend
+    from deepmoney.llm.roles import parse_endpoint
+    from deepmoney.storage import Storage
+    from deepmoney.synth.run import QUESTION_TOKENS, ROLES, SynthOptions, _chapters, fit_chapters, role_messages
+
+    for name, value in LONG_CHAPTERS.items():
+        monkeypatch.setenv(name, value)
+    config = load_config()
+    options = SynthOptions.from_config(config.synth)
+    corpus = _long_report(tmp_path / "corpus")
+    work, _, _ = _chapters([str(corpus), str(SAMPLE_CORPUS)], Storage(), config, options)
+    backend = make_backend(parse_endpoint("questioner", f"local:{tiny_model}"), None, 1, 10.0)
+    before = [w.text for w in work]
+    fit_chapters(work, dict.fromkeys(ROLES, backend), options)
+    cut = [w for w, b in zip(work, before, strict=True) if len(w.text) < len(b)]
+    assert cut and all(w.truncated for w in cut)
+    assert any(w.text == b for w, b in zip(work, before, strict=True))  # short chapters are left whole
+    question = " ".join(["question"] * QUESTION_TOKENS)
+    question = backend.fit(question, QUESTION_TOKENS)[0]
+    for item in work:
+        for role in ROLES:
+            prompt = backend.prompt_tokens(role_messages(role, item.doc, item.text, options, question))
+            assert prompt + options.roles[role].sampling.max_tokens <= backend.context_tokens, (role, item.chapter_id)
 
 
 def test_shards_merge_into_exactly_the_unsharded_dataset(tmp_path: Path) -> None:
@@ -264,3 +314,69 @@ def test_roles_and_a_custom_prompt_from_the_config_file(tmp_path: Path) -> None:
     assert len({r["meta"]["chapter_id"] for r in records}) == len(records)  # one question per chapter
     missing = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "x"))
     assert_clean_error(missing, "no questioner", "synth.questioner.endpoint")
+
+
+def test_unreachable_endpoints_warn_at_once_and_fail_without_publishing(tmp_path: Path) -> None:
+    """Every role at a closed port: a warning per role as soon as retries start, then a failed run, nothing written."""
+    closed = f"http://127.0.0.1:{_closed_port()}/v1"
+    roles = ["--questioner", f"{closed}#q", "--answerer", f"{closed}#a", "--extractor", f"{closed}#e"]
+    attempts = {f"DEEPMONEY_SYNTH__{r}__ATTEMPTS": "2" for r in ("QUESTIONER", "ANSWERER", "EXTRACTOR")}
+    result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), *roles,
+                     "--max-chapters", "2", "--quiet", env=attempts)  # fmt: skip
+    assert_clean_error(result, "synthesis produced no dataset", "every request failed", "nothing was written")
+    assert result.returncode == 2
+    warned = [re.search(r"the (\w+) endpoint (\S+): ", line).groups()
+              for line in result.stderr.splitlines() if "retrying (up to 2 attempts per request)" in line]  # fmt: skip
+    roles_warned = [role for role, _ in warned]
+    assert len(roles_warned) == len(set(roles_warned)) >= 2  # once per role that was asked (no question: no answer)
+    assert set(roles_warned) <= {"questioner", "answerer", "extractor"}
+    assert all(endpoint.startswith(closed) for _, endpoint in warned)
+    assert not (tmp_path / "o").exists()
+
+
+def test_merging_outputs_that_are_not_shards_says_so(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS) as server:
+        for name in ("a", "b"):
+            done = run_cli(*_synth_args(server.base_url, tmp_path / name))
+            assert done.returncode == 0, done.stderr
+    merged = run_cli("synth-merge", "--input", str(tmp_path / "a"), str(tmp_path / "b"), "--output",
+                     str(tmp_path / "m"))  # fmt: skip
+    assert_clean_error(merged, "is not the output of a sharded run", "synth --shard K/N")
+    assert "()" not in merged.stderr and not (tmp_path / "m").exists()
+
+
+def test_non_quiet_synth_keeps_http_requests_out_of_the_log(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS) as server:
+        roles = [a.format(url=server.base_url) for a in ROLE_ARGS]
+        result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), *roles,
+                         "--max-chapters", "2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "HTTP Request" not in result.stderr and "POST http" not in result.stderr
+    assert result.stdout.startswith("sft dataset written:") and len(result.stdout.strip().splitlines()) == 4
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again when the block ends: connections are refused
+
+
+def test_one_directory_spelled_two_ways_is_the_same_model(tmp_path: Path, tiny_model: Path) -> None:
+    relative = os.path.relpath(tiny_model, ROOT)
+    result = run_cli(
+        "synth",
+        "--input",
+        str(SAMPLE_CORPUS),
+        "--output",
+        str(tmp_path / "o"),
+        "--questioner",
+        f"local:{relative}",
+        "--answerer",
+        f"local:./{relative}/",
+        "--extractor",
+        f"local:{tiny_model}",
+    )
+    assert_clean_error(result, "the questioner and the answerer are the same model", "--allow-same-model")
+    assert not (tmp_path / "o").exists()

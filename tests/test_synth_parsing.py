@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from deepmoney.llm.parse import parse_list
 from deepmoney.synth.filters import answer_problem, grounding, question_problem, rouge_l
-from deepmoney.synth.parse import parse_list
 from deepmoney.synth.prompts import render, templates_digest
 
 Q1, Q2 = "What drove copper prices higher?", "How large was the inventory draw?"

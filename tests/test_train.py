@@ -123,7 +123,7 @@ def _rank_pids(output: Path) -> list[int]:
 
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if cmd[1:3] == ["-m", "torch.distributed.run"] and str(output / "train-config.yaml") in cmd:
+        if cmd[1:3] == ["-m", "deepmoney.train.torchrun"] and str(output / "train-config.yaml") in cmd:
             return [child.pid for child in proc.children()]
     return []
 
@@ -169,6 +169,7 @@ def test_damaged_checkpoints_are_skipped_for_the_one_before(
 ) -> None:
     out = tmp_path / "resumed"
     shutil.copytree(pt_run / "checkpoints", out / "checkpoints")
+    shutil.copy(pt_run / "run.json", out / "run.json")  # the same run, started elsewhere: resumed, not refused
     newest = out / "checkpoints" / "step-00000030"
     (newest / "complete.json").unlink()  # killed while writing: incomplete
     middle = out / "checkpoints" / "step-00000020"
@@ -235,7 +236,14 @@ def test_sft_zero2_lora_with_mlflow_unreachable(tmp_path: Path, tiny_model: Path
     assert m["mlflow_run_id"] is None and m["data"]["uri"].endswith("alpaca.jsonl")
     assert m["final_loss"] < m["first_loss"]
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()] == [1, 5, 10, 12]
-    assert "mlflow run    (not tracked)" in result.stdout
+    # Kept for later: the run it would have had, its dataset and its model, so that `track sync` can upload it.
+    assert m["mlflow_pending"] is True and "mlflow run    (kept offline: deepmoney track sync)" in result.stdout
+    # The ranks' progress bar passes through the launcher intact: it redraws in place (\r), not a line each time.
+    bar_lines = [line for line in result.stderr.split("\n") if "train sft" in line]
+    assert "\r" in result.stderr and 1 <= len(bar_lines) <= 3
+    offline = json.loads((out / "mlflow_offline.json").read_text())
+    assert offline["run"]["tags"]["deepmoney.stage"] == "sft" and offline["run"]["params"]["train.lora.enabled"]
+    assert offline["datasets"][0]["info"]["stage"] == "sft" and offline["model"]["mode"] == "copy"
 
 
 def _upload(client, directory: Path, bucket: str, prefix: str) -> str:
@@ -272,8 +280,11 @@ def test_model_data_and_checkpoints_on_s3(tmp_path: Path, tiny_model: Path, pt_d
     assert m["final_loss"] == pytest.approx(manifest_of(tmp_path / "s3run")["final_loss"])
 
 
-def test_trainer_v2_pod_variables_start_torchrun(tmp_path: Path, tiny_model: Path, pt_data: Path) -> None:
-    """A Kubeflow Trainer node gets only PET_* variables; the entrypoint becomes the torchrun they describe."""
+@pytest.mark.parametrize("entrypoint", [["-m", "deepmoney.train"], ["-m", "deepmoney", "train"]],
+                         ids=["python -m deepmoney.train", "deepmoney train"])  # fmt: skip
+def test_trainer_v2_pod_variables_start_torchrun(tmp_path: Path, tiny_model: Path, pt_data: Path,
+                                                 entrypoint: list[str]) -> None:  # fmt: skip
+    """A Kubeflow Trainer node gets only PET_* variables; either entrypoint becomes the torchrun they describe."""
     out = tmp_path / "pet"
     config = tmp_path / "train.yaml"
     config.write_text(json.dumps({"train": {"stage": "pt", "model": str(tiny_model), "data": str(pt_data),
@@ -281,7 +292,7 @@ def test_trainer_v2_pod_variables_start_torchrun(tmp_path: Path, tiny_model: Pat
     pod = {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "127.0.0.1",
            "PET_MASTER_PORT": str(_free_port()), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
     env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}, **QUIET_MLFLOW, **pod}
-    command = [sys.executable, "-m", "deepmoney.train", "--config", str(config)]
+    command = [sys.executable, *entrypoint, "--config", str(config)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     m = manifest_of(out)

@@ -145,7 +145,7 @@ def test_bad_input_is_refused_before_any_rank_starts(
     out = tmp_path / "out"
     assert_clean_error(run_cli("train", "--stage", "pt", "--model", str(tiny_model)), "missing --data, --output")
     assert_clean_error(_train_cli(tiny_model, tmp_path / "nowhere", out), "training data not found")
-    assert_clean_error(_train_cli(tmp_path, small_pt, out), "no Hugging Face model", "config.json missing")
+    assert_clean_error(_train_cli(tmp_path, small_pt, out), "no Hugging Face model", "no config.json")
     assert_clean_error(_train_cli(tiny_model, tmp_path, out, "--stage", "pt"), "is not a pt corpus")
     assert_clean_error(_train_cli(tiny_model, small_pt, out, "--stage", "sft"), "holds a pt-corpus, not an sft dataset")
     assert_clean_error(_train_cli(tiny_model, other_tokenizer_pt, out), "was tokenized with", "rebuild the corpus")
@@ -164,15 +164,48 @@ def test_bad_input_is_refused_before_any_rank_starts(
     assert not out.exists()  # nothing half-made
     out.mkdir()
     (out / "final").mkdir()
-    (out / "manifest.json").write_text(json.dumps({"fingerprint": "another run"}))
-    assert_clean_error(_train_cli(tiny_model, small_pt, out), "holds a finished run with other settings")
+    other = {"kind": "model", "fingerprint": "another run", "settings": {"train.micro_batch": 1}}
+    (out / "manifest.json").write_text(json.dumps(other))
+    assert_clean_error(_train_cli(tiny_model, small_pt, out), "holds a finished model made with other inputs or "
+                       "settings", "train.micro_batch (1 -> 4)", "--overwrite")  # fmt: skip
+    (out / "manifest.json").unlink()
+    (out / "notes.txt").write_text("somebody else's")
+    assert_clean_error(_train_cli(tiny_model, small_pt, out), "is not empty", "not a deepmoney output")
+    assert (out / "notes.txt").read_text() == "somebody else's"
 
 
-def test_a_ranks_user_error_stops_the_launcher_at_once(tmp_path: Path, tiny_model: Path) -> None:
-    """Found only once the ranks pack the data: reported in one line, not retried max_restarts times."""
+def test_a_small_dataset_is_refused_once_before_any_rank_starts(tmp_path: Path, tiny_model: Path) -> None:
+    """The batch arithmetic against the dataset is checked by the launcher: one line, and nothing is left behind."""
     sft = tmp_path / "sft.jsonl"
     sft.write_text("".join(json.dumps({"instruction": f"Q{i}?", "input": "", "output": "A."}) + "\n" for i in range(3)))
-    result = _train_cli(tiny_model, sft, tmp_path / "out", "--stage", "sft", "--micro-batch", "8")
+    result = _train_cli(tiny_model, sft, tmp_path / "out", "--stage", "sft")  # the default micro-batch of 4
     assert_clean_error(result, "is larger than the dataset")
-    assert "restarting the ranks" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: a global batch of 16 blocks")
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: a global batch of 8 blocks")  # printed once
+    assert not (tmp_path / "out").exists()  # no launcher.log, no train-config.yaml, no run.json
+
+
+def test_an_unreachable_model_uri_is_refused_before_any_rank_starts(tmp_path: Path, small_pt: Path) -> None:
+    dead = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",  # port 9: nothing listens there
+            "AWS_SECRET_ACCESS_KEY": "x", "DEEPMONEY_STORAGE__MAX_ATTEMPTS": "1"}  # fmt: skip
+    result = run_cli("train", "--model", "s3://models/base", "--data", str(small_pt), "--output",
+                     str(tmp_path / "out"), env={"MLFLOW_TRACKING_URI": "", **dead})  # fmt: skip
+    assert_clean_error(result, "cannot reach S3")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_ranks_user_error_stops_the_launcher_at_once(tmp_path: Path, tiny_model: Path, small_pt: Path) -> None:
+    """Found only by the ranks (building the LoRA model): exit code 2, reported once, not retried."""
+    bad_lora = {"DEEPMONEY_TRAIN__LORA__TARGET_MODULES": '["no_such_layer"]'}
+    result = _train_cli(tiny_model, small_pt, tmp_path / "out", "--lora", "--micro-batch", "1", env=bad_lora)
+    assert_clean_error(result, "train.lora.target_modules")
+    assert result.returncode == 2 and "restarting the ranks" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0]  # both ranks said it; shown once
+
+
+def test_the_launcher_splits_rank_output_keeping_carriage_returns() -> None:
+    from deepmoney.launch.local import _split_keeping_ends
+
+    assert _split_keeping_ends(b"a\rb\nc") == [b"a\r", b"b\n", b"c"]
+    assert _split_keeping_ends(b"done\n") == [b"done\n", b""]

@@ -23,7 +23,7 @@ from pathlib import Path
 from deepmoney.analysis.parse import parse_method, parse_sectors
 from deepmoney.analysis.prompts import Messages, analysis_messages, method_messages, sectors_messages
 from deepmoney.errors import UserError
-from deepmoney.evaluate.scoring import extract_numbers
+from deepmoney.scoring import extract_numbers
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Reading the sectors (step 1) and the method and data series (step 2) out of what a model returns.
 
-Lists are read with deepmoney.synth.parse.parse_list (JSON, fenced JSON, trailing commas, numbered or bulleted
+Lists are read with deepmoney.llm.parse.parse_list (JSON, fenced JSON, trailing commas, numbered or bulleted
 lists); on top of it a single line separated by commas or 顿号 (、) is read as a list, and step 2 also accepts a JSON
 object or a "Method: / Data:" ("方法：/ 数据：") layout. Neither parser raises on bad output: it returns empty values.
 """
@@ -11,8 +11,7 @@ import ast
 import json
 import re
 
-from deepmoney.synth.filters import REFUSAL
-from deepmoney.synth.parse import FENCE, TRAILING_COMMA, parse_list
+from deepmoney.llm.parse import FENCE, REFUSAL, TRAILING_COMMA, parse_list
 
 _SEPARATORS = frozenset(",，、;；")
 _NOT_A_NAME = re.compile(r"[{}\[\]<>=]")

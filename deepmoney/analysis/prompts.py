@@ -2,21 +2,20 @@
 
 Step 1 asks which sectors or targets a news item affects, step 2 asks for a quantitative method and the data series
 it needs, step 3 gives the fetched series as a compact table and asks for the analysis with those numbers.
-Templates are filled with deepmoney.synth.prompts.render, as the synthesis prompts are.
+Templates are read and filled with deepmoney.llm.prompts, as the synthesis prompts are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import cache
 from pathlib import Path
 
-from deepmoney.synth.prompts import digest_templates, render
+from deepmoney.llm.prompts import TemplateSet, fill
 
 PROMPT_VERSION = "2026-11-1"
 STEPS = ("sectors", "method", "analysis")
 MAX_SECTORS = 5
-_DIR = Path(__file__).with_name("prompts")
+TEMPLATES = TemplateSet(Path(__file__).with_name("prompts"))
 _PLACEHOLDERS = {
     "en": {
         "sector": "the most affected sector",
@@ -38,16 +37,14 @@ def _lang(language: str | None) -> str:
     return "zh" if language == "zh" else "en"
 
 
-@cache
 def template(name: str, language: str | None) -> str:
     """The template `name` (system or a step) in `language` (Chinese for "zh", English otherwise)."""
-    return (_DIR / f"{name}.{_lang(language)}.txt").read_text(encoding="utf-8")
+    return TEMPLATES.template(name, language)
 
 
-@cache
 def templates_digest() -> str:
     """A digest of every analysis template file: changes whenever any of these prompts changes."""
-    return digest_templates(_DIR)
+    return TEMPLATES.digest()
 
 
 def _messages(step: str, language: str | None, **fields: object) -> Messages:
@@ -55,7 +52,7 @@ def _messages(step: str, language: str | None, **fields: object) -> Messages:
     values = {k: (v if str(v).strip() else _PLACEHOLDERS[lang].get(k, v)) for k, v in fields.items()}
     return [
         {"role": "system", "content": template("system", lang)},
-        {"role": "user", "content": render(step, lang, override=template(step, lang), **values)},
+        {"role": "user", "content": fill(template(step, lang), **values)},
     ]
 
 

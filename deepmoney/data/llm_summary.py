@@ -19,17 +19,36 @@ from tqdm.auto import tqdm
 
 from deepmoney.config import DeepmoneyConfig, RoleConfig
 from deepmoney.data.document import Chapter, Document
-from deepmoney.data.summarize import ContextSummary, ExtractiveSummarizer
+from deepmoney.data.summarize import ContextSummary, ExtractiveSummarizer, Summarizer
 from deepmoney.errors import UserError
 from deepmoney.llm.backends import make_backend
 from deepmoney.llm.cache import RequestCache, request_key
 from deepmoney.llm.client import ChatBackend, LLMRequestError, Sampling
 from deepmoney.llm.errors import LLMGaveUp
+from deepmoney.llm.prompts import TemplateSet
 from deepmoney.llm.roles import Endpoint, parse_endpoint
-from deepmoney.synth.prompts import render
 
 log = logging.getLogger(__name__)
 _DOCUMENT_CHARS = 6000
+TEMPLATES = TemplateSet(Path(__file__).with_name("prompts"))
+
+
+def summarizer_name(config: DeepmoneyConfig) -> str:
+    """Which summarizer a config selects (checking its endpoint): part of the pt fingerprint."""
+    if config.summarizer is None:
+        return ExtractiveSummarizer.name
+    return f"llm:{summarizer_endpoint(config.summarizer).label}"
+
+
+def make_summarizer(config: DeepmoneyConfig, cache_path: Path) -> Summarizer:
+    """The configured summarizer: extractive unless the `summarizer` LLM role is set.
+
+    The LLM summarizer reads its answers from the request cache at `cache_path`, which
+    `prefetch_summaries` fills first.
+    """
+    if config.summarizer is None:
+        return ExtractiveSummarizer(config.data.summary)
+    return LLMSummarizer(config, cache_path)
 
 
 def summarizer_endpoint(role: RoleConfig) -> Endpoint:
@@ -44,7 +63,7 @@ def _sampling(role: RoleConfig) -> Sampling:
 
 
 def _messages(doc: Document, role: RoleConfig, template: str | None) -> list[dict[str, str]]:
-    prompt = render("summarizer", doc.language, template, title=doc.title, publisher=doc.publisher,
+    prompt = TEMPLATES.render("summarizer", doc.language, template, title=doc.title, publisher=doc.publisher,
                     date=doc.date, text=doc.text[:_DOCUMENT_CHARS])  # fmt: skip
     return [{"role": "user", "content": prompt}]
 
@@ -126,7 +145,7 @@ def prefetch_summaries(docs: Iterable[Document], summarizer: LLMSummarizer, quie
     """Ask the summarizer about every document (cached answers are not asked again); return failures."""
     cache = RequestCache(summarizer.cache_path)
     role = summarizer.role
-    backend = make_backend(summarizer.endpoint, cache, role.concurrency, role.timeout)
+    backend = make_backend(summarizer.endpoint, cache, role.concurrency, role.timeout, role.attempts)
     try:
         return asyncio.run(_ask_all(backend, docs, summarizer, quiet))
     finally:

@@ -18,11 +18,9 @@ and reuses the finished output.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,26 +33,26 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deepmoney import __version__
-from deepmoney.config import DeepmoneyConfig
+from deepmoney.config import DeepmoneyConfig, result_settings
 from deepmoney.data.dedup import Deduplicator
 from deepmoney.data.document import Document
 from deepmoney.data.ingest import load_collections, read_documents, resolve_inputs
-from deepmoney.data.llm_summary import prefetch_summaries
+from deepmoney.data.llm_summary import make_summarizer, prefetch_summaries, summarizer_name
 from deepmoney.data.pack import Block, BlockPacker
 from deepmoney.data.process import DocumentProcessor, Prepared, Task, TaskResult
 from deepmoney.data.readers import FORMATS, jsonl_chunks
 from deepmoney.data.shards import ShardWriter
 from deepmoney.data.split import is_heldout_key
-from deepmoney.data.summarize import make_summarizer, summarizer_name
 from deepmoney.data.tokenize import TokenizerSpec, resolve_tokenizer
 from deepmoney.errors import InputRejected, UserError
 from deepmoney.parallel import ordered_map, worker_count
-from deepmoney.storage import FileRef, Storage, atomic_write_bytes, is_s3, join, sha256_file
+from deepmoney.stage import PtCorpusManifest, claim_output, digest, fingerprint, write_manifest
+from deepmoney.storage import FileRef, Storage, atomic_write_bytes, is_s3, sha256_file
 
 log = logging.getLogger(__name__)
 
 PT_FORMAT = "deepmoney.pt.v2"  # bump when the output layout or the record text changes
+KIND = "pt-corpus"
 HELDOUT_DIR = "heldout"  # whole held-out documents, one row each: validation-0000i-of-0000n.parquet
 
 
@@ -92,11 +90,12 @@ class _Run:
     `staging/out/` is what gets published; `staging/state/` holds the checkpoint and dedup journal.
     """
 
-    def __init__(self, staging: Path, config: DeepmoneyConfig, fingerprint: str, rejected: list[InputRejected]):
+    def __init__(self, staging: Path, config: DeepmoneyConfig, fingerprint: str, settings: dict[str, Any],
+                 rejected: list[InputRejected]) -> None:  # fmt: skip
         self.out, self.state = staging / "out", staging / "state"
         self.out.mkdir(exist_ok=True)
         self.state.mkdir(exist_ok=True)
-        self.fingerprint = fingerprint
+        self.fingerprint, self.settings = fingerprint, settings
         self.counters = _Counters()
         self.packer = BlockPacker(config.data.block_size)
         self.writer = ShardWriter(self.out / "data", config.data.shard_rows)
@@ -189,30 +188,17 @@ class _Run:
             handle.close()
 
 
-def _fingerprint(
-    files: list[FileRef], collections: list[FileRef], tokenizer: str, config: DeepmoneyConfig, summarizer: str
-) -> str:
-    payload = {
+def _settings(files: list[FileRef], collections: list[FileRef], tokenizer: str, config: DeepmoneyConfig,
+              summarizer: str) -> dict[str, Any]:  # fmt: skip
+    """What decides the corpus: the inputs, the tokenizer, the data settings that are not operational."""
+    return {
         "format": PT_FORMAT,
-        "inputs": [[f.uri, f.size, f.version] for f in files],
-        "collections": [[f.uri, f.size, f.version] for f in collections],
+        "inputs": digest([[f.uri, f.size, f.version] for f in files]),
+        "collections": digest([[f.uri, f.size, f.version] for f in collections]),
         "tokenizer": tokenizer,
-        # How many processes did the work does not change the result.
-        "data": config.data.model_dump(mode="json", exclude={"workers", "records_per_task"}),
+        **{f"data.{k}": v for k, v in result_settings(config.data).items()},
         "summarizer": summarizer,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _existing_manifest(storage: Storage, output: str) -> dict[str, Any] | None:
-    path = join(output, "manifest.json")
-    if not storage.exists(path):
-        return None
-    try:
-        return json.loads(storage.read_bytes(path))
-    except (ValueError, UnicodeDecodeError):
-        log.warning("ignoring unreadable %s; rebuilding", path)
-        return None
 
 
 def _tasks(files: list[FileRef], storage: Storage, records_per_task: int, group_bytes: int = 1 << 18) -> Iterator[Task]:
@@ -250,6 +236,7 @@ def build_pt(
     strict: bool = False,
     quiet: bool = False,
     storage: Storage | None = None,
+    overwrite: bool = False,
 ) -> PtBuildResult:
     """Build the packed pt corpus from `inputs` into `output` (a directory or S3 prefix)."""
     storage = storage or Storage(config.storage)
@@ -263,15 +250,16 @@ def build_pt(
         raise UserError(f"{bad.path}: {bad.reason} (--strict stops at the first bad input)")
     with tempfile.TemporaryDirectory(prefix="deepmoney-tok-") as scratch:
         spec = resolve_tokenizer(tokenizer_uri, storage, Path(scratch))
-        fingerprint = _fingerprint(resolved.files, resolved.collections, spec.digest, config, summarizer_label)
-        previous = _existing_manifest(storage, output)
-        if previous and previous.get("fingerprint") == fingerprint:
+        settings = _settings(resolved.files, resolved.collections, spec.digest, config, summarizer_label)
+        fp = fingerprint(KIND, settings)
+        claim = claim_output(storage, output, KIND, fp, settings, overwrite=overwrite)
+        if claim.reuse is not None:
             log.info("%s is up to date (same inputs, tokenizer and config); reusing it", output)
-            return PtBuildResult(output, previous, reused=True)
+            return PtBuildResult(output, claim.reuse, reused=True)
 
         collections = load_collections(resolved.collections, storage)
-        with storage.staging_dir(output, key=fingerprint, keep_on_error=True) as staging:
-            run = _Run(staging, config, fingerprint, resolved.rejected)
+        with storage.staging_dir(output, key=fp, keep_on_error=True) as staging:
+            run = _Run(staging, config, fp, settings, resolved.rejected)
             summarizer = make_summarizer(config, run.state / "requests.sqlite")
             if config.summarizer is not None and config.data.summary.enabled:
                 documents = (
@@ -340,26 +328,16 @@ def _finish(
     resolved: Any,
     started: float,
 ) -> dict:
-    """Write the manifest and publish; with no document kept, publish only the reports and fail."""
-    # From here on the old output, if any, is being replaced: unmark it as complete first.
-    storage.delete(join(output, "manifest.json"))
-    out = run.out
+    """Write the manifest and publish; with no document kept, publish nothing and fail."""
     if run.counters.documents == 0:
-        shutil.rmtree(out / "data")
-        shutil.rmtree(out / HELDOUT_DIR)
-        for name in ("documents.jsonl", "inputs.jsonl"):
-            (out / name).unlink()
-        storage.publish_tree(out, output, last="rejected.jsonl")
         raise UserError(
-            f"no usable documents in {', '.join(inputs)}: {run.counters.rejected} rejected, "
-            f"{run.counters.dropped} dropped (see {join(output, 'rejected.jsonl')})"
+            f"no usable documents in {', '.join(inputs)}: {run.counters.rejected} inputs rejected and "
+            f"{run.counters.dropped} documents dropped (the reasons are in the warnings above); nothing was written"
         )
     manifest = _manifest(run, tokens_dropped, config, spec, summarizer, resolved, shards, started)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    for directory in ("data", HELDOUT_DIR):
-        _remove_stale_shards(storage, join(output, directory), {p.name for p in shards})
-    storage.publish_tree(out, output)
-    return manifest
+    write_manifest(run.out / "manifest.json", manifest)
+    storage.publish_tree(run.out, output)
+    return manifest.model_dump(mode="json")
 
 
 def _take(result: TaskResult, run: _Run, config: DeepmoneyConfig, strict: bool) -> None:
@@ -431,15 +409,13 @@ def _manifest(
     resolved: Any,
     shards: list[Path],
     started: float,
-) -> dict[str, Any]:
+) -> PtCorpusManifest:
     data, counters, out = config.data, run.counters, run.out
     inputs = [json.loads(line) for line in (out / "inputs.jsonl").read_text(encoding="utf-8").splitlines()]
-    return {
-        "kind": "pt-corpus",
+    return PtCorpusManifest.model_validate({
         "format": PT_FORMAT,
-        "deepmoney_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "fingerprint": run.fingerprint,
+        "settings": run.settings,
         "documents": counters.documents,
         "documents_read": counters.documents_read,
         "chapters": counters.chapters,
@@ -476,7 +452,7 @@ def _manifest(
             for p in [*shards, *(out / name for name in _REPORTS)]
         ],
         "seconds": round(time.perf_counter() - started, 3),
-    }
+    })  # fmt: skip
 
 
 def _input_entry(ref: FileRef, counts: dict[str, int]) -> dict[str, Any]:
@@ -486,15 +462,3 @@ def _input_entry(ref: FileRef, counts: dict[str, int]) -> dict[str, Any]:
     else:
         entry["sha256"] = sha256_file(ref.uri)
     return entry
-
-
-def _remove_stale_shards(storage: Storage, directory: str, keep: set[str]) -> None:
-    """Shards of an earlier build that this build does not overwrite would otherwise be loaded too."""
-    try:
-        existing = storage.list_files(directory)
-    except UserError:
-        return
-    for ref in existing:
-        name = ref.uri.rsplit("/", 1)[-1]
-        if name.endswith(".parquet") and name not in keep:
-            storage.delete(ref.uri)

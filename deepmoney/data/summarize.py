@@ -3,7 +3,7 @@
 The Deepmoney recipe prefixes every report with an LLM-written summary of its context, so that the
 model learns *who* said *what* and *when*. The summarizer is pluggable: the offline default is
 extractive (no model needed); an LLM summarizer plugs in through the `summarizer` role once the LLM
-clients exist (see `make_summarizer`).
+clients exist (see `deepmoney.data.llm_summary.make_summarizer`).
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
-from deepmoney.config import DeepmoneyConfig, SummaryConfig
+from deepmoney.config import SummaryConfig
 from deepmoney.data.document import Chapter, Document
 from deepmoney.data.text import split_sentences
 
@@ -145,28 +144,6 @@ class ExtractiveSummarizer:
             key_figures=key_figures(text[:_FIGURES_CHARS], self.config.key_figures, doc.language),
             summary=summary,
         )
-
-
-def summarizer_name(config: DeepmoneyConfig) -> str:
-    """Which summarizer a config selects (checking its endpoint): part of the pt fingerprint."""
-    if config.summarizer is None:
-        return ExtractiveSummarizer.name
-    from deepmoney.data.llm_summary import summarizer_endpoint
-
-    return f"llm:{summarizer_endpoint(config.summarizer).label}"
-
-
-def make_summarizer(config: DeepmoneyConfig, cache_path: Path) -> Summarizer:
-    """The configured summarizer: extractive unless the `summarizer` LLM role is set.
-
-    The LLM summarizer reads its answers from the request cache at `cache_path`, which
-    `deepmoney.data.llm_summary.prefetch_summaries` fills first.
-    """
-    if config.summarizer is None:
-        return ExtractiveSummarizer(config.data.summary)
-    from deepmoney.data.llm_summary import LLMSummarizer
-
-    return LLMSummarizer(config, cache_path)
 
 
 def pt_text(doc: Document, summary: ContextSummary | None) -> str:

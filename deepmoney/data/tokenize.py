@@ -76,19 +76,37 @@ def resolve_tokenizer(uri: str, storage: Storage, scratch: Path) -> TokenizerSpe
     eos_id = tokenizer.token_to_id(eos) if eos else None
     if eos_id is None:
         raise UserError(f"the tokenizer in {uri} has no EOS token; documents could not be separated")
-    digest = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        path = local / name
-        if path.exists():
-            digest.update(name.encode() + path.read_bytes())
     return TokenizerSpec(
         uri=uri,
         file=local / "tokenizer.json",
         bos_id=tokenizer.token_to_id(bos) if bos else None,
         eos_id=eos_id,
         vocab_size=tokenizer.get_vocab_size(with_added_tokens=True),
-        digest=digest.hexdigest(),
+        digest=tokenization_digest(local / "tokenizer.json", special),
     )
+
+
+# What decides the ids a text becomes: the tokenizer.json pipeline and the special tokens around a document.
+_PIPELINE = ("model", "normalizer", "pre_tokenizer", "post_processor", "added_tokens")
+_SPECIAL = ("bos_token", "eos_token", "add_bos_token", "add_eos_token")
+
+
+def tokenization_digest(tokenizer_json: Path, special: dict[str, object]) -> str:
+    """A digest of how the tokenizer turns text into ids, and of nothing else.
+
+    Saving a tokenizer again (as training does for its output) rewrites its files with other
+    bookkeeping fields (`is_local`, transformers' version, key order); the ids stay the same, and
+    so must the digest that decides whether a corpus and a model agree.
+    """
+    try:
+        pipeline = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    except ValueError:
+        raise UserError(f"{tokenizer_json} is not valid JSON; the tokenizer files are damaged") from None
+    content = {
+        "pipeline": {key: pipeline.get(key) for key in _PIPELINE},
+        "special": {key: _token_content(special.get(key)) or special.get(key) for key in _SPECIAL},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def _convert_slow_tokenizer(local: Path, uri: str, target: Path) -> None:

@@ -1,8 +1,10 @@
 """The model under evaluation as a function: chat messages in, greedy answers out; choices scored.
 
-Generation is batched (left padding, prompts sorted by length so a batch pads little) and greedy,
-so an evaluation is deterministic for a given model and input. Replies are committed to a request
-cache batch by batch: an evaluation that is killed (or run again) does not generate them twice. Choice scoring sums the
+Generation goes through the one generator (`deepmoney.models.generate`), batched with prompts
+sorted by length so a batch pads little, and greedy, so an evaluation is deterministic for a given
+model and input; a prompt that does not fit the model's context is refused, counted and scored as
+an empty reply, never cut silently. Replies are committed to a request cache batch by batch: an
+evaluation that is killed (or run again) does not generate them twice. Choice scoring sums the
 log-probabilities of each choice's tokens after the prompt, the usual way to score multiple-choice
 and classification benchmarks without parsing free text.
 """
@@ -16,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmoney.llm.cache import RequestCache, request_key
+from deepmoney.models.generate import GenerationSettings, Generator, PromptTooLong
 
 log = logging.getLogger(__name__)
 
@@ -25,25 +28,17 @@ class ModelUnderTest:
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int, max_new_tokens: int, quiet: bool = False,
                  cache: RequestCache | None = None, model_id: str = "") -> None:  # fmt: skip
+        self.generator = Generator(model, tokenizer)
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_new_tokens, self.quiet = batch_size, max_new_tokens, quiet
         self.cache, self.model_id = cache, model_id
         self.from_cache = 0
-        self.device = next(model.parameters()).device
-        self.positions = getattr(model.config, "max_position_embeddings", 4096)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        self.too_long = 0  # prompts refused because they do not fit the model's context
+        self.device = self.generator.device
+        self.positions = self.generator.context
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template applied to `messages`, ready for the assistant's reply, as token ids."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        room = self.positions - self.max_new_tokens
-        return ids[-room:] if len(ids) > room else ids  # keep the question, which comes last
-
-    @torch.no_grad()
     def chat(self, conversations: list[list[dict[str, str]]], desc: str = "generate") -> list[str]:
-        """Greedy replies to each conversation, in order."""
+        """Greedy replies to each conversation, in order; a prompt that does not fit the context gets ""."""
         keys = [request_key("evaluate", self.model_id, c, {"max_new_tokens": self.max_new_tokens, "greedy": True})
                 for c in conversations]  # fmt: skip
         replies: list[str] = [""] * len(conversations)
@@ -55,23 +50,18 @@ class ModelUnderTest:
             else:
                 replies[i] = hit["text"]
                 self.from_cache += 1
-        prompts = {i: self.prompt_ids(conversations[i]) for i in todo}
-        order = sorted(todo, key=lambda i: len(prompts[i]))
-        pad = self.tokenizer.pad_token_id
+        lengths = {i: len(self.generator.prompt_ids(conversations[i])) for i in todo}
+        order = sorted(todo, key=lengths.__getitem__)  # similar lengths together: little padding
+        settings = GenerationSettings(max_new_tokens=self.max_new_tokens)
         for start in tqdm(range(0, len(order), self.batch_size), desc=desc, unit="batch", disable=self.quiet):
             rows = order[start : start + self.batch_size]
-            width = max(len(prompts[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for r, i in enumerate(rows):
-                ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-                mask[r, width - len(prompts[i]) :] = 1
-            out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=False,
-                max_new_tokens=self.max_new_tokens, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id,
-            )  # fmt: skip
-            for r, i in enumerate(rows):
-                replies[i] = self.tokenizer.decode(out[r, width:], skip_special_tokens=True).strip()
+            for i, result in zip(rows, self.generator.generate([conversations[i] for i in rows], settings),
+                                 strict=True):  # fmt: skip
+                if isinstance(result, PromptTooLong):
+                    self.too_long += 1
+                    log.warning("%s: a prompt does not fit the model (%s); its reply counts as empty", desc, result)
+                    continue
+                replies[i] = result.text.strip()
                 if self.cache is not None:
                     self.cache.put(keys[i], {"text": replies[i]})
         return replies

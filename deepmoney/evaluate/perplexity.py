@@ -8,7 +8,6 @@ over all windows. Windows are batched by length so padding is rare.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmoney.errors import UserError
+from deepmoney.stage import PtCorpusManifest, TokenizerInfo, read_manifest
+from deepmoney.storage import Storage
 
 
 @dataclass
@@ -27,20 +28,19 @@ class HeldoutCorpus:
     directory: Path
     documents: list[list[int]]
     files: list[dict[str, str]]  # path + sha256 of each held-out shard, from the corpus manifest
+    tokenizer: TokenizerInfo  # what made the token ids
 
 
 def load_heldout(pt_dir: Path) -> HeldoutCorpus:
     """Read `heldout/validation-*.parquet` of a `build-pt` output (one whole document per row)."""
-    manifest = json.loads((pt_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(Storage(), pt_dir, PtCorpusManifest)
     shards = sorted((pt_dir / "heldout").glob("validation-*.parquet"))
     if not shards:
-        held = manifest.get("heldout", {}).get("documents", 0)
-        hint = ("it was built before held-out splits existed; rebuild it" if "heldout" not in manifest else
-                f"it holds out {held} documents; raise data.heldout_fraction and rebuild")  # fmt: skip
-        raise UserError(f"no held-out documents in {pt_dir}: {hint}")
+        raise UserError(f"no held-out documents in {pt_dir}: it holds out {manifest.heldout.documents} documents; "
+                        "raise data.heldout_fraction and rebuild it")  # fmt: skip
     documents = [row for shard in shards for row in pq.read_table(shard, columns=["input_ids"]).column(0).to_pylist()]
-    files = [f for f in manifest.get("files", []) if f["path"].startswith("heldout/")]
-    return HeldoutCorpus(pt_dir, documents, files)
+    files = [f.model_dump() for f in manifest.files if f.path.startswith("heldout/")]
+    return HeldoutCorpus(pt_dir, documents, files, manifest.tokenizer)
 
 
 def windows(documents: list[list[int]], window: int) -> list[list[int]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deepmoney.errors import UserError
-from deepmoney.evaluate.scoring import mean_scores, score_answer
+from deepmoney.scoring import mean_scores, score_answer
 from deepmoney.synth.export import HELDOUT_FILE
 
 

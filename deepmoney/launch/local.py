@@ -1,14 +1,18 @@
 """The local launcher: the training entrypoint under torchrun, N processes on this machine.
 
-torchrun (torch.distributed.run, standalone rendezvous) starts N ranks — CPU processes with gloo,
-or one per GPU with NCCL. When a rank dies the launcher starts a fresh torchrun, up to
-`max_restarts` times, and the ranks resume from the newest complete checkpoint. (It restarts
-torchrun as a whole rather than using torchrun's own `--max-restarts`: with torch 2.13 a group
-restarted inside one torchrun often fails to reconnect — gloo "connectFullMesh … Connection
-refused", pytorch/pytorch#167288 — while a fresh rendezvous always starts clean.) The launcher
-checks the inputs before starting anything (so a mistake is not retried), streams the ranks'
-output, stops at once on a rank's one-line user error, and when restarts run out fails with the
-last error it saw.
+torchrun (standalone rendezvous) starts N ranks — CPU processes with gloo, or one per GPU with
+NCCL — through `deepmoney.train.torchrun`, which exits with the code of the rank that failed
+first. The launcher decides on that code alone (`deepmoney.errors`): 2 is a user error, reported
+once and never retried; 128 and above (a lost peer, a signal such as SIGKILL) is retried — a fresh
+torchrun, up to `max_restarts` times, the ranks resuming from the newest complete checkpoint;
+anything else is a crash, reported with the failing rank's exception. (It restarts torchrun as a
+whole rather than using torchrun's own `--max-restarts`: with torch 2.13 a group restarted inside
+one torchrun often fails to reconnect — gloo "connectFullMesh … Connection refused",
+pytorch/pytorch#167288 — while a fresh rendezvous always starts clean.)
+
+Every check that does not need the ranks runs before any is started (`train.plan.preflight`), so
+a mistake is printed once and nothing is written. The ranks' output is passed through unchanged
+(progress bars keep updating in place) and kept in `launcher.log`.
 """
 
 from __future__ import annotations
@@ -26,66 +30,68 @@ from typing import Any
 
 import yaml
 
+from deepmoney import env
 from deepmoney.config import DeepmoneyConfig
-from deepmoney.errors import UserError
+from deepmoney.errors import EXIT_USER, UserError, is_retryable
 from deepmoney.storage import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "train-config.yaml"
 LOG_FILE = "launcher.log"
-ATTEMPT_ENV = "DEEPMONEY_LAUNCH_ATTEMPT"  # which start of the ranks this is (0 = the first)
-_FATAL = re.compile(r"^(error: |config error )")
+_USER_ERROR = re.compile(r"^(error: |config error )")
 _EXCEPTION = re.compile(r"^(\[rank(?P<rank>\d+)\]: )?(?P<text>(\w+\.)*\w+(Error|Exception)\b: .*)")
 _FIELD = re.compile(r"^\s*(\w+)\s*: (.*)$")
+_LINE_END = re.compile(rb"[\r\n]")
 
 
 class TrainingFailed(UserError):
-    """The group failed more often than max_restarts allowed; the message is the last error seen."""
+    """The ranks failed for good (a crash, or retryable failures beyond max_restarts); the message says why."""
 
 
 def child_environment(nproc: int, cuda: bool) -> dict[str, str]:
     """Environment of the ranks: CPU accelerator without GPUs, a fair share of cores each."""
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["DEEPMONEY_LAUNCHED"] = "1"
+    child = dict(os.environ)
+    child.setdefault(env.PYTHONUNBUFFERED, "1")
+    child.setdefault(env.TOKENIZERS_PARALLELISM, "false")
+    child[env.LAUNCHED] = "1"
     if not cuda:
-        env.setdefault("DS_ACCELERATOR", "cpu")
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return env
+        child.setdefault(env.DS_ACCELERATOR, "cpu")
+        child.setdefault(env.OMP_NUM_THREADS, str(max(1, (os.cpu_count() or 1) // nproc)))
+    return child
 
 
 def torchrun_command(config_file: Path, nproc: int) -> list[str]:
+    """The torchrun (through deepmoney.train.torchrun) that starts `nproc` ranks of the entrypoint."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+        sys.executable, "-m", "deepmoney.train.torchrun", "--standalone", "--nnodes=1",
         f"--nproc-per-node={nproc}", "--max-restarts=0", "--monitor-interval=1",
         "-m", "deepmoney.train", "--config", str(config_file), "--launcher", "none",
     ]  # fmt: skip
 
 
-def launch_local(config: DeepmoneyConfig, quiet: bool = False) -> dict[str, Any]:
+def launch_local(config: DeepmoneyConfig, quiet: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Train under torchrun with `train.nproc` ranks; returns the output manifest."""
     import torch
 
-    from deepmoney.train.trainer import preflight
+    from deepmoney.train.plan import finished_run, preflight, prepare_output
 
     train = config.train
     cuda = torch.cuda.is_available()
     if cuda and train.nproc > torch.cuda.device_count():
         raise UserError(f"--nproc {train.nproc} but this machine has {torch.cuda.device_count()} GPUs")
-    output, finished = preflight(config, train.nproc)
-    if finished is not None:
-        log.info("%s already holds this finished run; nothing to do", output)
-        return finished
-    output.mkdir(parents=True, exist_ok=True)
+    plan = preflight(config, train.nproc, overwrite)
+    if plan.finished is not None:
+        return finished_run(plan, config)
+    prepare_output(plan)
+    output = plan.output
     config_file = output / CONFIG_FILE
     dumped = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     atomic_write_bytes(config_file, dumped.encode("utf-8"))
     command = torchrun_command(config_file, train.nproc)
     if quiet:
         command.append("--quiet")
-    env = child_environment(train.nproc, cuda)
+    child = child_environment(train.nproc, cuda)
     manifest_path = output / "manifest.json"
     last_error = None
     for attempt in range(train.max_restarts + 1):
@@ -95,44 +101,60 @@ def launch_local(config: DeepmoneyConfig, quiet: bool = False) -> dict[str, Any]
         else:
             log.info("starting %d %s ranks under torchrun (up to %d restarts)", train.nproc,
                      "GPU" if cuda else "CPU", train.max_restarts)  # fmt: skip
-        last_error, fatal = _run(command, {**env, ATTEMPT_ENV: str(attempt)}, output / LOG_FILE)
-        if fatal:
-            raise UserError(fatal.removeprefix("error: "))
-        if last_error is None and manifest_path.is_file():
+        code, user_error, cause = _run(command, {**child, env.LAUNCH_ATTEMPT: str(attempt)}, output / LOG_FILE)
+        if code == 0 and manifest_path.is_file():
             return json.loads(manifest_path.read_text(encoding="utf-8"))
-        last_error = last_error or "torchrun ended without writing manifest.json"
+        if code == EXIT_USER:
+            raise UserError((user_error or f"a rank refused its input ({cause})").removeprefix("error: "))
+        last_error = cause or ("torchrun ended without writing manifest.json" if code == 0 else f"exit code {code}")
+        if code != 0 and not is_retryable(code):
+            raise TrainingFailed(f"training failed: {last_error} (not retried: exit code {code} is not a transient "
+                                 f"failure; full log: {output / LOG_FILE})")  # fmt: skip
     raise TrainingFailed(
         f"training failed after {train.max_restarts} restart(s): {last_error} (full log: {output / LOG_FILE})"
     )
 
 
-def _run(command: list[str], env: dict[str, str], log_path: Path) -> tuple[str | None, str | None]:
-    """Run torchrun once, echoing its output; returns (last error line on failure, fatal user error)."""
+def _run(command: list[str], child_env: dict[str, str], log_path: Path) -> tuple[int, str | None, str | None]:
+    """Run torchrun once, passing its output through; (exit code, the ranks' user error, the root cause)."""
     recent: collections.deque[str] = collections.deque(maxlen=400)
-    fatal: str | None = None
-    with open(log_path, "a", encoding="utf-8") as log_file:
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            start_new_session=True,
-        )  # fmt: skip
+    user_error: str | None = None
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(command, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
         try:
             assert process.stdout is not None
-            for line in process.stdout:
-                log_file.write(line)
-                if fatal is None:  # after a user error, the rest is the group being stopped: log only
-                    sys.stderr.write(line)
-                text = line.strip()
-                recent.append(text)
-                if _FATAL.match(text) and fatal is None:
-                    fatal = text
-                    _stop(process)
+            pending = b""
+            while chunk := os.read(process.stdout.fileno(), 1 << 16):
+                log_file.write(chunk)
+                pending += chunk
+                *pieces, pending = _split_keeping_ends(pending)
+                for piece in pieces:
+                    text = piece.decode("utf-8", "replace").strip()
+                    recent.append(text)
+                    if _USER_ERROR.match(text):
+                        user_error = user_error or text  # every rank may say it: shown once, by the caller
+                        continue
+                    sys.stderr.buffer.write(piece)  # \r kept: a progress bar redraws in place
+                sys.stderr.buffer.flush()
+            if pending:
+                sys.stderr.buffer.write(pending)
             code = process.wait()
         finally:
             if process.poll() is None:
                 _stop(process)
-    if code == 0 or fatal:
-        return None, fatal
-    return root_cause(list(recent)) or f"torchrun exited with code {code}", None
+    cause = None if code == 0 else root_cause(list(recent))
+    return code, user_error, cause
+
+
+def _split_keeping_ends(data: bytes) -> list[bytes]:
+    """`data` cut after every \\r or \\n; the last piece is what has no line end yet (maybe empty)."""
+    pieces, start = [], 0
+    for match in _LINE_END.finditer(data):
+        pieces.append(data[start : match.end()])
+        start = match.end()
+    pieces.append(data[start:])
+    return pieces
 
 
 def root_cause(lines: list[str]) -> str | None:

@@ -175,6 +175,7 @@ class OpenAIChatClient(CachedChat):
         self.policy = policy or RetryPolicy()
         self.cache = cache
         self.stats = ClientStats()
+        self._warned = False
         self._semaphore = asyncio.Semaphore(concurrency)
         self._client = AsyncOpenAI(
             base_url=endpoint.target,
@@ -192,6 +193,9 @@ class OpenAIChatClient(CachedChat):
         for attempt in range(1, self.policy.attempts + 1):
             try:
                 return await self._once(messages, sampling)
+            except LLMRequestError:
+                self.stats.failed += 1
+                raise
             except LLMRetryableError as exc:
                 reasons = self.stats.retry_reasons
                 reasons[exc.reason.split(":")[0]] = reasons.get(exc.reason.split(":")[0], 0) + 1
@@ -200,6 +204,10 @@ class OpenAIChatClient(CachedChat):
                     raise LLMGaveUp(exc.reason, attempt) from None
                 self.stats.retries += 1
                 delay = self.policy.delay(attempt, exc.retry_after)
+                if not self._warned:  # once per endpoint, as soon as trouble starts: silence here costs minutes
+                    self._warned = True
+                    log.warning("the %s endpoint %s: %s; retrying (up to %d attempts per request)",
+                                self.endpoint.role, self.endpoint.label, exc.reason, self.policy.attempts)  # fmt: skip
                 log.debug("%s: %s; retrying in %.2fs", self.endpoint.label, exc.reason, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deepmoney import env
 from deepmoney.errors import UserError
 
 
@@ -37,7 +38,9 @@ def parse_endpoint(role: str, spec: str, environ: dict[str, str] | None = None) 
         directory = spec[len("local:") :]
         if not directory:
             raise UserError(f"--{role}: expected local:MODEL_DIR, got {spec!r}")
-        return Endpoint(role, "local", directory, directory)
+        # One spelling per directory (`m/base`, `./m/base/` and its absolute path are the same model).
+        canonical = str(Path(directory).expanduser().resolve())
+        return Endpoint(role, "local", canonical, canonical)
     if spec.startswith(("http://", "https://")):
         base, sep, model = spec.partition("#")
         if not sep or not model:
@@ -50,14 +53,13 @@ def parse_endpoint(role: str, spec: str, environ: dict[str, str] | None = None) 
 
 
 def _api_key(role: str, environ: dict[str, str]) -> str | None:
-    prefix = f"DEEPMONEY_{role.upper()}_API_KEY"
-    path = environ.get(f"{prefix}_FILE")
+    path = environ.get(env.role_api_key_file(role))
     if path:
         try:
             return Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise UserError(f"cannot read the {role} API key file {path}: {exc.strerror}") from None
-    return environ.get(prefix) or environ.get("OPENAI_API_KEY")
+    return environ.get(env.role_api_key(role)) or environ.get(env.OPENAI_API_KEY)
 
 
 def redact(text: str, *secrets: str | None) -> str:

@@ -5,17 +5,13 @@ from __future__ import annotations
 import re
 
 from deepmoney.data.text import detect_language
+from deepmoney.llm.parse import REFUSAL
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.%\-]*|[\u4e00-\u9fff]")
 _STOP = frozenset(
     "a an the and or of to in on for by with at from as is are was were be been has have had it its this that "
     "these those which who what how why when where will would can could may might should than then there their "
     "they we our you your not no but if so such into over about after before between during per also".split()
-)
-REFUSAL = re.compile(
-    r"\b(?:I(?:'m| am) sorry|I cannot|I can't|as an AI|I do not have|does not (?:contain|provide|mention)|"
-    r"not (?:mentioned|provided|stated) in the (?:excerpt|text))\b|无法回答|抱歉|未提及|没有提供|节选中没有|没有提到",
-    re.IGNORECASE,
 )
 
 

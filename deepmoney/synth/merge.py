@@ -7,14 +7,14 @@ the shards' lines by it reproduces exactly the files an unsharded run writes.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
-from deepmoney import __version__
 from deepmoney.errors import UserError
+from deepmoney.stage import SftDatasetManifest, claim_output, fingerprint, read_manifest, write_manifest
 from deepmoney.storage import Storage, join
 from deepmoney.synth import export
 
+KIND = "sft-dataset"
 _SUMMED = ("documents", "chapters", "chapters_covered", "chapters_truncated", "records", "heldout_records", "rejected")
 
 
@@ -23,19 +23,24 @@ def _lines(storage: Storage, uri: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def merge_shards(shards: list[str], output: str, storage: Storage | None = None) -> dict[str, Any]:
+def merge_shards(shards: list[str], output: str, storage: Storage | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
     """Merge finished shard outputs into `output`; returns the merged manifest."""
     storage = storage or Storage()
     manifests = []
     for shard in shards:
-        path = join(shard, "manifest.json")
-        if not storage.exists(path):
+        if not storage.exists(join(shard, "manifest.json")):
             raise UserError(f"{shard} is not a finished synth output (no manifest.json); run or resume that shard")
-        manifests.append(json.loads(storage.read_bytes(path)))
-    specs = [tuple(m.get("options", {}).get("shard") or ()) for m in manifests]
-    counts = {s[1] for s in specs if s}
-    if len(counts) != 1 or sorted(s[0] for s in specs) != list(range(next(iter(counts)))):
-        raise UserError(f"expected the outputs of shards 0..N-1 of one run, got shards {sorted(specs)}")
+        manifest = read_manifest(storage, shard, SftDatasetManifest, what=shard).model_dump(mode="json")
+        if not manifest.get("options", {}).get("shard"):
+            raise UserError(f"{shard} is not the output of a sharded run (synth --shard K/N); only the shards of "
+                            "one run can be merged")  # fmt: skip
+        manifests.append(manifest)
+    specs = [tuple(m["options"]["shard"]) for m in manifests]
+    counts = {n for _, n in specs}
+    found = ", ".join(f"{k}/{n}" for k, n in sorted(specs))
+    if len(counts) != 1 or sorted(k for k, _ in specs) != list(range(next(iter(counts)))):
+        raise UserError(f"expected the outputs of shards 0..N-1 of one run, got shards {found}")
     if len({(json.dumps(m["roles"], sort_keys=True), m["prompt_digest"]) for m in manifests}) != 1:
         raise UserError("the shards were made with different roles or prompts; they cannot be merged")
     order = lambda r: (r["meta"]["order"], r["meta"]["question_index"])  # noqa: E731
@@ -43,6 +48,11 @@ def merge_shards(shards: list[str], output: str, storage: Storage | None = None)
     heldout = sorted((r for s in shards for r in _lines(storage, join(s, export.HELDOUT_FILE))), key=order)
     rejected = [r for s in shards for r in _lines(storage, join(s, "rejected.jsonl"))]
     rejected.sort(key=lambda r: r.get("order", -1))
+    settings = {"shards": [m["fingerprint"] for m in manifests]}
+    fp = fingerprint(KIND, settings)
+    claim = claim_output(storage, output, KIND, fp, settings, overwrite=overwrite)
+    if claim.reuse is not None:
+        return claim.reuse
     with storage.staging_dir(output) as staging:
         out = staging / "out"
         out.mkdir()
@@ -51,10 +61,9 @@ def merge_shards(shards: list[str], output: str, storage: Storage | None = None)
         export.write_jsonl(out / export.HELDOUT_FILE, heldout)
         export.write_jsonl(out / "rejected.jsonl", rejected)
         (out / "dataset_info.json").write_text(json.dumps(export.DATASET_INFO, indent=2), encoding="utf-8")
-        manifest = {
-            "kind": "sft-dataset",
-            "deepmoney_version": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        merged = SftDatasetManifest.model_validate({
+            "fingerprint": fp,
+            "settings": settings,
             "merged_from": [
                 {"uri": s, "fingerprint": m["fingerprint"]} for s, m in zip(shards, manifests, strict=True)
             ],
@@ -63,10 +72,10 @@ def merge_shards(shards: list[str], output: str, storage: Storage | None = None)
             "prompt_version": manifests[0]["prompt_version"],
             "prompt_digest": manifests[0]["prompt_digest"],
             "files": export.FILES,
-        }
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        })  # fmt: skip
+        write_manifest(out / "manifest.json", merged)
         storage.publish_tree(out, output)
-    return manifest
+    return merged.model_dump(mode="json")
 
 
 def _to_sharegpt(alpaca: dict[str, Any]) -> dict[str, Any]:

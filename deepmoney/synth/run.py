@@ -26,8 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deepmoney import __version__
-from deepmoney.config import DeepmoneyConfig, SynthConfig
+from deepmoney.config import DeepmoneyConfig, SynthConfig, result_settings
 from deepmoney.data.chapters import split_chapters
 from deepmoney.data.document import Chapter, Document
 from deepmoney.data.ingest import load_collections, read_documents, resolve_inputs
@@ -37,14 +36,16 @@ from deepmoney.llm.backends import make_backend
 from deepmoney.llm.cache import RequestCache
 from deepmoney.llm.client import ChatBackend, LLMRequestError, Sampling
 from deepmoney.llm.errors import LLMGaveUp
+from deepmoney.llm.parse import parse_list
 from deepmoney.llm.roles import Endpoint
-from deepmoney.storage import Storage, join
+from deepmoney.stage import SftDatasetManifest, claim_output, digest, fingerprint, write_manifest
+from deepmoney.storage import Storage
 from deepmoney.synth import export
 from deepmoney.synth.filters import answer_problem, question_problem
-from deepmoney.synth.parse import parse_list
 from deepmoney.synth.prompts import PROMPT_VERSION, render, templates_digest
 
 log = logging.getLogger(__name__)
+KIND = "sft-dataset"
 ROLES = ("questioner", "answerer", "extractor")
 SYSTEM = {
     "en": "You are a financial analyst. Answer from the research material you are given.",
@@ -60,6 +61,8 @@ class RoleOptions:
     concurrency: int = 16
     timeout: float = 120.0
     prompt: str | None = None  # the text of a template that replaces the built-in one
+    attempts: int = 8  # tries per request
+    context_tokens: int | None = None  # the endpoint's context window (a local model's is read from it)
 
 
 def _default_roles() -> dict[str, RoleOptions]:
@@ -101,6 +104,8 @@ class SynthOptions:
                 concurrency=concurrency or rc.concurrency,
                 timeout=timeout or rc.timeout,
                 prompt=prompt,
+                attempts=rc.attempts,
+                context_tokens=rc.context_tokens,
             )
         settings = {
             "questions_per_chapter": config.questions_per_chapter,
@@ -117,6 +122,19 @@ class SynthOptions:
         if not any(custom):
             return templates_digest()
         return hashlib.sha256((templates_digest() + "\0".join(custom)).encode()).hexdigest()[:16]
+
+    def result_settings(self) -> dict[str, Any]:
+        """The options that decide the dataset (concurrency, timeouts and retries only decide how fast)."""
+        out: dict[str, Any] = {
+            "synth.questions_per_chapter": self.questions_per_chapter, "synth.max_chapters": self.max_chapters,
+            "synth.min_grounding": self.min_grounding, "synth.max_question_similarity": self.max_question_similarity,
+            "synth.max_chapter_chars": self.max_chapter_chars, "shard": list(self.shard) if self.shard else None,
+            "prompts": self.prompt_digest(),
+        }  # fmt: skip
+        for role, options in self.roles.items():
+            out[f"synth.{role}.sampling"] = asdict(options.sampling)
+            out[f"synth.{role}.context_tokens"] = options.context_tokens
+        return out
 
 
 @dataclass
@@ -149,17 +167,84 @@ class SynthResult:
 
 
 def check_roles(endpoints: dict[str, Endpoint], options: SynthOptions) -> None:
-    """Refuse a model that would answer its own questions, unless explicitly allowed."""
+    """Refuse a model that would answer its own questions, unless explicitly allowed.
+
+    Endpoints are compared by their canonical label (`parse_endpoint` resolves local paths), so
+    spelling one directory two ways does not make two models.
+    """
     q, a = endpoints["questioner"], endpoints["answerer"]
-    same = (q.kind, str(Path(q.target).resolve()) if q.kind == "local" else q.target, q.model) == (
-        a.kind, str(Path(a.target).resolve()) if a.kind == "local" else a.target, a.model
-    )  # fmt: skip
-    if same and not options.allow_same_model:
+    if q.label == a.label and not options.allow_same_model:
         raise UserError(
             f"the questioner and the answerer are the same model ({q.label}): a model answering its own questions "
             "tends to answer from what it knows rather than from the chapter; use a different --answerer, or pass "
             "--allow-same-model to do it anyway"
         )
+
+
+def role_messages(role: str, doc: Document, text: str, options: SynthOptions, question: str = ""
+                  ) -> list[dict[str, str]]:  # fmt: skip
+    """The chat a role is sent about `text` (a chapter, or a report's head for the extractor)."""
+    fields: dict[str, object] = {"title": doc.title, "publisher": doc.publisher, "date": doc.date, "chapter": text}
+    if role == "questioner":
+        fields["n"] = options.questions_per_chapter
+    if role == "answerer":
+        fields["question"] = question
+    prompt = render(role, doc.language, options.roles[role].prompt, **fields)
+    if role != "answerer":
+        return [{"role": "user", "content": prompt}]
+    return [{"role": "system", "content": SYSTEM["zh" if doc.language == "zh" else "en"]},
+            {"role": "user", "content": prompt}]  # fmt: skip
+
+
+QUESTION_TOKENS = 96  # room kept in the answerer's prompt for the question
+CHARS_PER_TOKEN = {"zh": 1.2, "en": 3.5}  # a cautious estimate, for URL roles whose tokenizer is not here
+
+
+def fit_chapters(work: list[_Work], backends: dict[str, ChatBackend], options: SynthOptions) -> None:
+    """Cut each chapter so that every role's prompt plus its `max_tokens` fits that role's context.
+
+    A local model is measured with its own tokenizer; a URL role with `context_tokens` set is
+    estimated (CHARS_PER_TOKEN); a URL role without it keeps only the `max_chapter_chars` cap.
+    A cut chapter is marked `truncated` in its records and counted in the manifest.
+    """
+    budgets: dict[tuple[str, str], int] = {}
+    for item in work:
+        language = "zh" if item.doc.language == "zh" else "en"
+        for role in ROLES:
+            backend = backends[role]
+            local = hasattr(backend, "fit")
+            context = getattr(backend, "context_tokens", None) or options.roles[role].context_tokens
+            if context is None:
+                continue
+            if (role, language) not in budgets:
+                budgets[role, language] = _chapter_budget(role, item.doc, backend, context, options)
+            budget = budgets[role, language]
+            if local:
+                text, cut = backend.fit(item.text, budget)  # type: ignore[attr-defined]
+            else:
+                limit = int(budget * CHARS_PER_TOKEN[language])
+                text, cut = item.text[:limit], len(item.text) > limit
+            if cut:
+                item.text, item.truncated = text, True
+
+
+def _chapter_budget(role: str, doc: Document, backend: ChatBackend, context: int, options: SynthOptions) -> int:
+    """Tokens left for the chapter in `role`'s prompt once the template and the reply are accounted for."""
+    empty = role_messages(role, doc, "", options, "?")
+    if hasattr(backend, "prompt_tokens"):
+        overhead = backend.prompt_tokens(empty)
+    else:
+        language = "zh" if doc.language == "zh" else "en"
+        overhead = int(sum(len(m["content"]) for m in empty) / CHARS_PER_TOKEN[language]) + 16
+    max_tokens = options.roles[role].sampling.max_tokens
+    budget = context - max_tokens - overhead - (QUESTION_TOKENS if role == "answerer" else 0)
+    if budget <= 0:
+        raise UserError(
+            f"the {role}'s context of {context} tokens leaves no room for a chapter after its prompt ({overhead} "
+            f"tokens) and synth.{role}.max_tokens={max_tokens}; lower synth.{role}.max_tokens or use a model with "
+            "a longer context"
+        )
+    return budget
 
 
 class Synthesizer:
@@ -173,11 +258,10 @@ class Synthesizer:
         self.prompt_digest = options.prompt_digest()
 
     async def _list(
-        self, role: str, language: str | None, prompt: str, sampling: Sampling
+        self, role: str, language: str | None, messages: list[dict[str, str]], sampling: Sampling
     ) -> tuple[list[str] | None, str]:
         """Ask `role` for a list; one repair prompt if the answer cannot be parsed. (items, reason)."""
         backend = self.backends[role]
-        messages = [{"role": "user", "content": prompt}]
         try:
             first = await backend.chat(messages, sampling)
         except (LLMGaveUp, LLMRequestError) as exc:
@@ -185,8 +269,9 @@ class Synthesizer:
         items = parse_list(first.text)
         if items is not None:
             return items, ""
-        repair = [*messages, {"role": "assistant", "content": first.text},
-                  {"role": "user", "content": render("repair", language, previous=first.text[:4000])}]  # fmt: skip
+        # The repair prompt quotes the answer in full, so it stands alone: without the chapter it fits any
+        # context the first prompt fitted, and costs a fraction of the tokens.
+        repair = [{"role": "user", "content": render("repair", language, previous=first.text[:4000])}]
         try:
             second = await backend.chat(repair, sampling)
         except (LLMGaveUp, LLMRequestError) as exc:
@@ -198,10 +283,8 @@ class Synthesizer:
 
     async def assets(self, doc: Document, head: str) -> tuple[list[str], dict[str, Any] | None]:
         """The document's underlying assets (empty, with a rejection record, if none could be read)."""
-        role = self.options.roles["extractor"]
-        prompt = render("extractor", doc.language, role.prompt, title=doc.title, publisher=doc.publisher,
-                        date=doc.date, chapter=head)  # fmt: skip
-        items, reason = await self._list("extractor", doc.language, prompt, role.sampling)
+        messages = role_messages("extractor", doc, head, self.options)
+        items, reason = await self._list("extractor", doc.language, messages, self.options.roles["extractor"].sampling)
         if items is None:
             return [], {"kind": "assets", "doc_id": doc.doc_id, "source": doc.source, "reason": reason}
 
@@ -211,10 +294,8 @@ class Synthesizer:
         """Questions and answers for one chapter; `earlier` holds the report's kept questions so far."""
         doc, opts, outcome = work.doc, self.options, _Outcome()
         where = {"doc_id": doc.doc_id, "chapter_id": work.chapter_id, "source": doc.source, "order": work.order}
-        role = opts.roles["questioner"]
-        prompt = render("questioner", doc.language, role.prompt, title=doc.title, publisher=doc.publisher,
-                        date=doc.date, n=opts.questions_per_chapter, chapter=work.text)  # fmt: skip
-        questions, reason = await self._list("questioner", doc.language, prompt, role.sampling)
+        messages = role_messages("questioner", doc, work.text, opts)
+        questions, reason = await self._list("questioner", doc.language, messages, opts.roles["questioner"].sampling)
         if questions is None:
             outcome.rejected.append({"kind": "questions", **where, "reason": reason})
             return outcome
@@ -250,13 +331,9 @@ class Synthesizer:
 
     async def _answer(self, work: _Work, question: str) -> tuple[str, str | None]:
         doc = work.doc
-        role = self.options.roles["answerer"]
-        prompt = render("answerer", doc.language, role.prompt, title=doc.title, publisher=doc.publisher,
-                        date=doc.date, chapter=work.text, question=question)  # fmt: skip
-        language = "zh" if doc.language == "zh" else "en"
-        messages = [{"role": "system", "content": SYSTEM[language]}, {"role": "user", "content": prompt}]
+        messages = role_messages("answerer", doc, work.text, self.options, question)
         try:
-            completion = await self.backends["answerer"].chat(messages, role.sampling)
+            completion = await self.backends["answerer"].chat(messages, self.options.roles["answerer"].sampling)
         except (LLMGaveUp, LLMRequestError) as exc:
             return "", f"answerer request failed: {exc}"
         answer = completion.text.strip()
@@ -293,22 +370,21 @@ def _chapters(inputs: list[str], storage: Storage, config: DeepmoneyConfig, opti
     return work, rejected, resolved.files
 
 
-def _fingerprint(files: list[Any], endpoints: dict[str, Endpoint], options: SynthOptions,
-                 config: DeepmoneyConfig) -> str:  # fmt: skip
-    payload = {
-        "inputs": [[f.uri, f.size, f.version] for f in files],
-        "roles": {role: e.label for role, e in endpoints.items()},
-        "options": asdict(options),
-        "chapters": config.data.chapters.model_dump(mode="json"),
-        "heldout_fraction": config.data.heldout_fraction,
-        "prompts": options.prompt_digest(),
+def _settings(files: list[Any], endpoints: dict[str, Endpoint], options: SynthOptions,
+              config: DeepmoneyConfig) -> dict[str, Any]:  # fmt: skip
+    """What decides the dataset: the inputs, the roles' models, the options, chapters and the held-out split."""
+    return {
+        "inputs": digest([[f.uri, f.size, f.version] for f in files]),
+        **{f"roles.{role}": e.label for role, e in endpoints.items()},
+        **options.result_settings(),
+        **{f"data.chapters.{k}": v for k, v in result_settings(config.data.chapters).items()},
+        "data.heldout_fraction": config.data.heldout_fraction,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], config: DeepmoneyConfig,
-               options: SynthOptions | None = None, *, quiet: bool = False,
-               storage: Storage | None = None) -> SynthResult:  # fmt: skip
+               options: SynthOptions | None = None, *, quiet: bool = False, storage: Storage | None = None,
+               overwrite: bool = False) -> SynthResult:  # fmt: skip
     """Synthesize the sft dataset from `inputs` into `output`."""
     options = options or SynthOptions()
     storage = storage or Storage(config.storage)
@@ -323,32 +399,33 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
             f"no chapters to ask about in {', '.join(inputs)} ({len(rejected)} inputs rejected or too short); "
             "check the paths and formats"
         )
-    fingerprint = _fingerprint(files, endpoints, options, config)
-    manifest_uri = join(output, "manifest.json")
-    if storage.exists(manifest_uri):
-        previous = json.loads(storage.read_bytes(manifest_uri))
-        if previous.get("fingerprint") == fingerprint:
-            log.info("%s is up to date; reusing it", output)
-            return SynthResult(output, previous, reused=True)
-    with storage.staging_dir(output, key=fingerprint, keep_on_error=True) as staging:
+    settings = _settings(files, endpoints, options, config)
+    fp = fingerprint(KIND, settings)
+    claim = claim_output(storage, output, KIND, fp, settings, overwrite=overwrite)
+    if claim.reuse is not None:
+        log.info("%s is up to date; reusing it", output)
+        return SynthResult(output, claim.reuse, reused=True)
+    with storage.staging_dir(output, key=fp, keep_on_error=True) as staging:
         cache = RequestCache(staging / "state" / "requests.sqlite")
         started = _run_started(staging / "state" / "started_at")
         resumed = len(cache)
         if resumed:
             log.info("resuming: %d answers are already in the request cache and will not be asked again", resumed)
-        backends = {
-            role: make_backend(endpoints[role], cache, options.roles[role].concurrency, options.roles[role].timeout)
-            for role in ROLES
-        }
+        backends = {role: make_backend(endpoints[role], cache, options.roles[role].concurrency,
+                                       options.roles[role].timeout, options.roles[role].attempts)
+                    for role in ROLES}  # fmt: skip
         try:
+            fit_chapters(work, backends, options)
             synthesizer = Synthesizer(backends, options, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))
             outcomes = asyncio.run(_run_all(synthesizer, work, quiet))
         finally:
             cache.close()
-        out = staging / "out"
-        out.mkdir(exist_ok=True)
         records = [r for o in outcomes for r in o.records]
         rejected += [r for o in outcomes for r in o.rejected]
+        manifest = _manifest(fp, settings, work, records, rejected, backends, options, started, resumed)
+        _check_produced(manifest, work)
+        out = staging / "out"
+        out.mkdir(exist_ok=True)
         train = [r for r in records if r["meta"]["split"] == "train"]
         export.write_jsonl(out / export.ALPACA_FILE, map(export.alpaca, train))
         export.write_jsonl(out / export.SHAREGPT_FILE, map(export.sharegpt, train))
@@ -357,10 +434,27 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
         )
         export.write_jsonl(out / "rejected.jsonl", rejected)
         (out / "dataset_info.json").write_text(json.dumps(export.DATASET_INFO, indent=2), encoding="utf-8")
-        manifest = _manifest(fingerprint, work, records, rejected, backends, options, started, resumed)
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_manifest(out / "manifest.json", manifest)
         storage.publish_tree(out, output)
-    return SynthResult(output, manifest)
+    return SynthResult(output, manifest.model_dump(mode="json"))
+
+
+def _check_produced(manifest: SftDatasetManifest, work: list[_Work]) -> None:
+    """A run that produced no record, or in which every request failed, is a failure: nothing is published."""
+    if not work:
+        return  # a shard that holds no chapter: an empty share of a sharded run
+    extra = manifest.model_extra or {}
+    stats = extra["requests"].values()
+    failed = sum(r["failed"] for r in stats)
+    # attempts = successes + retries + failures (ClientStats); answers from the cache succeeded earlier
+    succeeded = sum(r["requests"] - r["retries"] - r["failed"] + r["cached"] for r in stats)
+    if manifest.records + manifest.heldout_records and succeeded:
+        return
+    reasons = extra.get("rejected_by_reason", {})
+    top = ", ".join(f"{k} ({v})" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3]) or "none recorded"
+    what = "every request failed" if not succeeded else "no question-answer pair passed the filters"
+    raise UserError(f"synthesis produced no dataset: {what} ({failed} of {succeeded + failed} requests failed; "
+                    f"main reasons: {top}); nothing was written")  # fmt: skip
 
 
 async def _run_all(synth: Synthesizer, work: list[_Work], quiet: bool) -> list[_Outcome]:
@@ -420,6 +514,7 @@ def _run_started(path: Path) -> float:
 
 def _manifest(
     fingerprint: str,
+    settings: dict[str, Any],
     work: list[_Work],
     records: list[dict[str, Any]],
     rejected: list[dict[str, Any]],
@@ -427,30 +522,29 @@ def _manifest(
     options: SynthOptions,
     started: float,
     resumed: int,
-) -> dict:
+) -> SftDatasetManifest:
     reasons: dict[str, int] = {}
     for r in rejected:
         key = f"{r['kind']}: {r['reason'].split(' (')[0].split(':')[0]}"
         reasons[key] = reasons.get(key, 0) + 1
-    covered = {r["meta"]["chapter_id"] for r in records} | {r.get("chapter_id") for r in rejected}
-    return {
-        "kind": "sft-dataset",
-        "deepmoney_version": __version__,
-        "fingerprint": fingerprint,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "documents": len({w.doc.doc_id for w in work}),
-        "chapters": len(work),
-        "chapters_covered": sum(w.chapter_id in covered for w in work),
-        "chapters_truncated": sum(w.truncated for w in work),
-        "records": sum(r["meta"]["split"] == "train" for r in records),
-        "heldout_records": sum(r["meta"]["split"] == "heldout" for r in records),
-        "rejected": len(rejected),
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "roles": {role: b.endpoint.label for role, b in backends.items()},
-        "requests": {role: asdict(b.stats) for role, b in backends.items()},
-        "answers_from_cache_at_start": resumed,
-        "prompt_version": PROMPT_VERSION,
-        "prompt_digest": options.prompt_digest(),
-        "options": json.loads(json.dumps(asdict(options), default=str)),
-        "files": export.FILES,
-    }
+    covered = {r["meta"]["chapter_id"] for r in records}  # a chapter counts as covered when it gave a record
+    return SftDatasetManifest(
+        fingerprint=fingerprint,
+        settings=settings,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        documents=len({w.doc.doc_id for w in work}),
+        chapters=len(work),
+        chapters_covered=sum(w.chapter_id in covered for w in work),
+        chapters_truncated=sum(w.truncated for w in work),
+        records=sum(r["meta"]["split"] == "train" for r in records),
+        heldout_records=sum(r["meta"]["split"] == "heldout" for r in records),
+        rejected=len(rejected),
+        rejected_by_reason=dict(sorted(reasons.items())),
+        roles={role: b.endpoint.label for role, b in backends.items()},
+        requests={role: asdict(b.stats) for role, b in backends.items()},
+        answers_from_cache_at_start=resumed,
+        prompt_version=PROMPT_VERSION,
+        prompt_digest=options.prompt_digest(),
+        options=json.loads(json.dumps(asdict(options), default=str)),
+        files=export.FILES,
+    )

@@ -1,1 +1,1 @@
-"""Training: pt and sft on the packed corpora (the entrypoint arrives with the training issue)."""
+"""Training: pt and sft on the packed corpora, the entrypoint of every launcher (`python -m deepmoney.train`)."""

@@ -1,29 +1,31 @@
-"""`python -m deepmoney.train …`: the same as `deepmoney train …` (the container command of training pods)."""
+"""`python -m deepmoney.train …`: the container command of training pods, with the flags of `deepmoney train`.
+
+The process is one rank of a job: under torchrun (RANK, WORLD_SIZE, … set), alone, or — given
+only Kubeflow Trainer's `PET_*` variables — the torchrun those variables describe. Root options
+(`--config FILE`, `--quiet`, `--verbose`) may come anywhere.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from deepmoney.cli import main
+from deepmoney.shell import make_app, run_app, split_root_options
+from deepmoney.train.command import RUNNER, run_rank, train
+
+app = make_app("python -m deepmoney.train", "Train one rank of a deepmoney job.", {RUNNER: run_rank})
+app.command("train")(train)
 
 
 def _argv(args: list[str]) -> list[str]:
-    """Root options (`--config F`, `--quiet`) may come anywhere; the CLI wants them before the verb."""
-    root: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(args):
-        if args[i] in ("--config", "-c") and i + 1 < len(args):
-            root += args[i : i + 2]
-            i += 2
-            continue
-        if args[i].startswith("--config=") or args[i] in ("--quiet", "-q", "--verbose", "-v"):
-            root.append(args[i])
-        else:
-            rest.append(args[i])
-        i += 1
-    return [*root, "train", *rest]
+    """The app's one verb, `train`, after the root options (`python -m deepmoney.train train …` is the same).
+
+    `train` has no --quiet of its own, so here --quiet/-q count as root options wherever they are.
+    """
+    root, rest = split_root_options(args)
+    root += [a for a in rest if a in ("--quiet", "-q")]
+    rest = [a for a in rest if a not in ("--quiet", "-q")]
+    return [*root, "train", *(rest[1:] if rest[:1] == ["train"] else rest)]
 
 
 if __name__ == "__main__":
-    main(_argv(sys.argv[1:]))
+    run_app(app, _argv(sys.argv[1:]), "python -m deepmoney.train")

@@ -21,9 +21,9 @@ from torch.utils.data import Dataset, Sampler
 
 from deepmoney.data.tokenize import resolve_tokenizer
 from deepmoney.errors import UserError
+from deepmoney.models.shape import model_shape
 from deepmoney.storage import Storage, sha256_file
 from deepmoney.train import sft_data
-from deepmoney.train.model import model_shape
 from deepmoney.train.packed import PackedPtDataset
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,8 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from deepmoney import env as names
+
 log = logging.getLogger(__name__)
 
 
@@ -51,10 +53,10 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
     """The process's place in the job, from torchrun's variables (a single process when unset)."""
     env = os.environ if env is None else env
-    world = _int(env, "WORLD_SIZE", 1)
-    rank = _int(env, "RANK", 0)
-    local_rank = _int(env, "LOCAL_RANK", 0)
-    local_world = _int(env, "LOCAL_WORLD_SIZE", world)
+    world = _int(env, names.WORLD_SIZE, 1)
+    rank = _int(env, names.RANK, 0)
+    local_rank = _int(env, names.LOCAL_RANK, 0)
+    local_world = _int(env, names.LOCAL_WORLD_SIZE, world)
     if not 0 <= rank < world or not 0 <= local_rank < local_world:
         raise ValueError(
             f"inconsistent distributed environment: RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local_rank}"
@@ -65,21 +67,47 @@ def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
 def needs_torchrun(env: Mapping[str, str] | None = None) -> bool:
     """True in a pod given only `PET_*` torchrun arguments (Trainer v2), not yet under torchrun."""
     env = os.environ if env is None else env
-    return "RANK" not in env and "PET_NNODES" in env
+    return names.RANK not in env and names.PET_NNODES in env
 
 
 def torchrun_argv(env: Mapping[str, str], max_restarts: int) -> list[str]:
     """torchrun arguments from the `PET_*` variables of Kubeflow Trainer / Training Operator pods."""
     argv = [
-        f"--nnodes={env['PET_NNODES']}",
-        f"--nproc-per-node={env.get('PET_NPROC_PER_NODE', 'auto')}",
+        f"--nnodes={env[names.PET_NNODES]}",
+        f"--nproc-per-node={env.get(names.PET_NPROC_PER_NODE, 'auto')}",
         f"--max-restarts={max_restarts}",
     ]
-    if "PET_NODE_RANK" in env:
-        argv.append(f"--node-rank={env['PET_NODE_RANK']}")
-    if "PET_MASTER_ADDR" in env:
-        argv += [f"--master-addr={env['PET_MASTER_ADDR']}", f"--master-port={env.get('PET_MASTER_PORT', '29500')}"]
+    if names.PET_NODE_RANK in env:
+        argv.append(f"--node-rank={env[names.PET_NODE_RANK]}")
+    if names.PET_MASTER_ADDR in env:
+        port = env.get(names.PET_MASTER_PORT, "29500")
+        argv += [f"--master-addr={env[names.PET_MASTER_ADDR]}", f"--master-port={port}"]
     return argv
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a rank's failure may go away when the ranks are started again (a lost peer, a timeout).
+
+    torch.distributed raises DistError subclasses (DistNetworkError, DistStoreError,
+    DistBackendError) when a peer or the rendezvous store goes away; those, and plain connection
+    errors and timeouts, are worth a restart. Anything else is a bug or a user error.
+    """
+    import torch.distributed as dist
+
+    return isinstance(exc, (dist.DistError, ConnectionError, TimeoutError))
+
+
+def tame_deepspeed_logger() -> None:
+    """DeepSpeed logs to stdout at INFO; send it to stderr at our level (stdout carries results only)."""
+    import sys
+
+    from deepspeed.utils import logger as ds_logger
+
+    verbose = logging.getLogger("deepmoney").getEffectiveLevel() <= logging.DEBUG
+    ds_logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    for handler in ds_logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
 
 
 def backend() -> str:
@@ -102,6 +130,7 @@ def process_group(env: DistEnv, timeout_minutes: int = 30) -> Iterator[None]:
 
     if torch.cuda.is_available():
         torch.cuda.set_device(env.local_rank)
+    tame_deepspeed_logger()
     deepspeed.init_distributed(
         dist_backend=backend(), timeout=datetime.timedelta(minutes=timeout_minutes), verbose=False
     )

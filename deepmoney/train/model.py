@@ -1,4 +1,4 @@
-"""The model side of a run: fetch the base, build it (full or LoRA), estimate memory, export the result.
+"""The model side of a run: build the base (full or LoRA), estimate memory, export the result.
 
 The output is a plain Hugging Face model directory — config, safetensors weights, tokenizer with its
 chat template, generation config — which KServe's Hugging Face runtime serves as it is. LoRA
@@ -18,7 +18,7 @@ import torch
 
 from deepmoney.config import LoraConfig, TrainConfig
 from deepmoney.errors import UserError
-from deepmoney.storage import Storage, is_s3
+from deepmoney.storage import share_tree
 from deepmoney.train import segment_attention
 from deepmoney.train.distributed import DistEnv
 
@@ -27,42 +27,6 @@ log = logging.getLogger(__name__)
 # Dense bf16 tensor-core peak, TFLOP/s per GPU, for the MFU estimate; unknown devices get no MFU.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 756.0,
                     "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0}  # fmt: skip
-
-
-def fetch_model(uri: str, storage: Storage, cache: Path, env: DistEnv) -> Path:
-    """A local directory holding the base model: the path itself, or an S3 prefix downloaded once per node."""
-    if not is_s3(uri):
-        path = Path(uri)
-        if not (path / "config.json").is_file():
-            raise UserError(f"no Hugging Face model at {uri} (config.json missing); pass a model directory")
-        return path
-    local = cache / "base-model"
-    if env.local_rank == 0 and not (local / ".complete").is_file():
-        log.info("downloading the base model from %s", uri)
-        storage.download_tree(uri, local)
-        (local / ".complete").touch()
-    if env.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-    if not (local / "config.json").is_file():
-        raise UserError(f"no Hugging Face model at {uri} (config.json missing); pass a model prefix")
-    return local
-
-
-def model_shape(model_dir: Path) -> dict[str, int]:
-    """Sizes the memory and FLOP estimates need, read from config.json without loading weights."""
-    from transformers import AutoConfig
-
-    c = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    hidden, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
-    inter = getattr(c, "intermediate_size", 4 * hidden)
-    kv = getattr(c, "num_key_value_heads", c.num_attention_heads) * (hidden // c.num_attention_heads)
-    per_layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * inter
-    embed = vocab * hidden * (1 if getattr(c, "tie_word_embeddings", False) else 2)
-    return {"hidden": hidden, "layers": layers, "vocab": vocab, "heads": c.num_attention_heads,
-            "parameters": layers * per_layer + embed,
-            "positions": int(getattr(c, "max_position_embeddings", 2**31))}  # fmt: skip
 
 
 def estimate_bytes(shape: dict[str, int], train: TrainConfig, seq: int, world: int, precision: str) -> int:
@@ -80,7 +44,8 @@ def estimate_bytes(shape: dict[str, int], train: TrainConfig, seq: int, world: i
     per_layer = 2 if train.gradient_checkpointing else 10  # hidden-sized tensors kept per layer, at least
     activations = tokens * shape["hidden"] * weight * (per_layer * shape["layers"] + 2)
     logits = tokens * shape["vocab"] * 4 * 2  # fp32 logits and their gradient
-    mask = train.micro_batch * seq * seq * 4  # the additive attention mask sdpa builds from a boolean one
+    # the additive attention mask sdpa builds from a boolean one; segment_sdpa builds none
+    mask = 0 if train.attention == segment_attention.SEGMENT_SDPA else train.micro_batch * seq * seq * 4
     return int(weights + grads + optimizer + activations + logits + mask)
 
 
@@ -217,7 +182,8 @@ def _merge(model_dir: Path, adapter: Path, target: Path, precision: str) -> None
 
 
 def _replace(staging: Path, target: Path) -> None:
-    """Swap a finished directory into place (the old one, if any, is removed first)."""
+    """Swap a finished directory into place (the old one, if any, is removed first), readable as the umask says."""
+    share_tree(staging)  # savers write some files private (0600); a shared volume's other readers need them
     if target.exists():
         old = target.with_name(target.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

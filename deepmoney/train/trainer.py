@@ -9,12 +9,9 @@ masks, checkpoints every `save_every` steps, and ends with a Hugging Face model 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,26 +21,37 @@ from typing import Any
 import torch
 
 from deepmoney import __version__
-from deepmoney.config import DeepmoneyConfig, TrainConfig
+from deepmoney import env as env_vars
+from deepmoney.config import DeepmoneyConfig
 from deepmoney.errors import UserError
-from deepmoney.storage import Storage, atomic_write_bytes
+from deepmoney.models.resolve import resolve_model
+from deepmoney.models.shape import model_shape
+from deepmoney.stage import TrainManifest, write_manifest
+from deepmoney.storage import Storage, atomic_write_bytes, is_s3
+from deepmoney.tracking import tags
+from deepmoney.tracking.training import Tracker
 from deepmoney.train import checkpoint, fused_loss
-from deepmoney.train.datasets import DEFAULT_SFT_BLOCK, StepBatches, TrainData, load_pt, load_sft, sft_file, steps_for
+from deepmoney.train.datasets import StepBatches, TrainData, steps_for
 from deepmoney.train.distributed import DistEnv, dist_env, process_group
 from deepmoney.train.ds_config import Batching, batching, deepspeed_config, resolve_precision
 from deepmoney.train.model import (
     build_model,
-    check_memory,
     export_final,
-    fetch_model,
     flops_per_token,
-    model_shape,
     out_of_memory_advice,
     peak_flops,
     warmup_steps,
 )
 from deepmoney.train.packed import training_collate
-from deepmoney.train.tracking import Tracker
+from deepmoney.train.plan import (
+    RunPlan,
+    check_run,
+    default_learning_rate,
+    finished_run,
+    load_data,
+    plan_run,
+    prepare_output,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +70,6 @@ def git_revision() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def default_learning_rate(train: TrainConfig) -> float:
-    return train.learning_rate or (2e-4 if train.lora.enabled else 2e-5)
-
-
 def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
     """Multiplier of the peak learning rate at each step: linear warmup, then cosine/linear decay."""
 
@@ -81,63 +85,8 @@ def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float):
     return factor
 
 
-def run_fingerprint(config: DeepmoneyConfig, model: str, data: str) -> str:
-    """What decides the result: the training config and the inputs (launch-only knobs excluded)."""
-    train = config.train.model_dump(mode="json", exclude={"nproc", "max_restarts", "loader_workers", "mlflow"})
-    blob = json.dumps({"train": train, "model": model, "data": data}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8"))
-
-
-def required(train: TrainConfig, config: DeepmoneyConfig) -> tuple[str, str, Path]:
-    """Model, data and output of the run, each from its flag or config key; one line if any is missing."""
-    model = train.model or config.model.base_model
-    missing = [name for name, value in (("--model", model), ("--data", train.data), ("--output", train.output))
-               if not value]  # fmt: skip
-    if missing:
-        raise UserError(f"missing {', '.join(missing)} (or train.model / train.data / train.output in the config)")
-    if str(train.output).startswith("s3://"):
-        raise UserError("--output must be a directory all ranks share (a local path or a mounted volume), not S3")
-    return str(model), str(train.data), Path(str(train.output))
-
-
-def preflight(config: DeepmoneyConfig, world_size: int) -> tuple[Path, dict[str, Any] | None]:
-    """Checks a launcher runs before starting any rank, so that a mistake is reported, not retried.
-
-    Returns the output directory and, when it already holds this finished run, its manifest.
-    """
-    import torch
-
-    train = config.train
-    model_uri, data_uri, output = required(train, config)
-    finished = _finished(output, run_fingerprint(config, model_uri, data_uri))
-    if finished is not None:
-        return output, finished
-    batch = batching(train, world_size)
-    cuda = torch.cuda.is_available()
-    precision = resolve_precision(train, cuda, cuda and torch.cuda.is_bf16_supported())
-    deepspeed_config(train, batch, precision, default_learning_rate(train), not train.zero.offload_optimizer)
-    if model_uri.startswith("s3://") or data_uri.startswith("s3://"):
-        return output, None  # the ranks download and check them
-    model_dir = fetch_model(model_uri, Storage(config.storage), output / ".cache", DistEnv())
-    data = Path(data_uri)
-    if not data.exists():
-        raise UserError(f"training data not found: {data_uri}")
-    if train.stage == "sft":
-        sft_file(data)
-        positions = model_shape(model_dir)["positions"]
-        seq = train.block_size or min(DEFAULT_SFT_BLOCK, positions)
-        if seq > positions:
-            raise UserError(f"train.block_size={seq} exceeds the model's {positions} positions; lower it")
-    else:
-        with tempfile.TemporaryDirectory() as scratch:
-            seq = load_pt(data, model_dir, Storage(config.storage), Path(scratch)).block_size
-    local = DistEnv(0, world_size, 0, world_size)
-    check_memory(model_shape(model_dir), train, seq, local, precision)
-    return output, None
 
 
 @dataclass
@@ -156,49 +105,29 @@ class _Progress:
                 "last_loss": self.last_loss, "resumes": self.resumes}  # fmt: skip
 
 
-def train(config: DeepmoneyConfig, env: DistEnv | None = None, quiet: bool = False) -> dict[str, Any]:
+def train(config: DeepmoneyConfig, env: DistEnv | None = None, quiet: bool = False,
+          overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) the configured training on this rank; returns the output manifest."""
     env = env or dist_env()
-    model_uri, data_uri, output = required(config.train, config)
-    fingerprint = run_fingerprint(config, model_uri, data_uri)
-    finished = _finished(output, fingerprint)
-    if finished is not None:
-        if env.is_main:
-            log.info("%s already holds this finished run (manifest.json); nothing to do", output)
-        return finished
+    plan = plan_run(config, overwrite, check_output=env.is_main or not overwrite)
+    if plan.finished is not None:
+        return finished_run(plan, config) if env.is_main else plan.finished
     if env.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-    if not env.is_main:
+        prepare_output(plan)
+    else:
         logging.getLogger("deepmoney").setLevel(logging.WARNING)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading a few shards needs no bar on every rank
     with process_group(env):
-        return _Run(config, env, model_uri, data_uri, output, fingerprint, quiet).run()
-
-
-def _finished(output: Path, fingerprint: str) -> dict[str, Any] | None:
-    manifest = output / "manifest.json"
-    if not manifest.is_file():
-        return None
-    previous = json.loads(manifest.read_text(encoding="utf-8"))
-    if previous.get("fingerprint") == fingerprint:
-        # The same run: done if its model is there, else resumed (and its model written again).
-        return previous if (output / "final").is_dir() else None
-    raise UserError(
-        f"{output} holds a finished run with other settings (manifest.json); choose a new --output, "
-        "or delete that directory to train again"
-    )
+        return _Run(config, env, plan, quiet).run()
 
 
 class _Run:
-    def __init__(
-        self, config: DeepmoneyConfig, env: DistEnv, model_uri: str, data_uri: str, output: Path,
-        fingerprint: str, quiet: bool,
-    ) -> None:  # fmt: skip
-        self.config, self.train, self.env = config, config.train, env
-        self.model_uri, self.data_uri, self.output = model_uri, data_uri, output
-        self.fingerprint, self.quiet = fingerprint, quiet
+    def __init__(self, config: DeepmoneyConfig, env: DistEnv, plan: RunPlan, quiet: bool) -> None:
+        self.config, self.train, self.env, self.plan = config, config.train, env, plan
+        self.model_uri, self.data_uri, self.output = plan.model_uri, plan.data_uri, plan.output
+        self.fingerprint, self.quiet = plan.fingerprint, quiet
         self.storage = Storage(config.storage)
         self.cuda = torch.cuda.is_available()
         self.device = torch.device("cuda", env.local_rank) if self.cuda else torch.device("cpu")
@@ -209,37 +138,37 @@ class _Run:
 
             dist.barrier()
 
+    def _on_each_node(self, fetch: Any) -> Any:
+        """`fetch()` on each node's first rank (downloads happen once per node), then on the others (cache hits)."""
+        result = fetch() if self.env.local_rank == 0 else None
+        self._barrier()
+        return result if result is not None else fetch()
+
+    def _model_dir(self) -> Path:
+        cache = self.output / ".cache"
+        return self._on_each_node(lambda: resolve_model(self.model_uri, self.config, cache, "--model").path)
+
     def _load_data(self, model_dir: Path) -> TrainData:
         data = Path(self.data_uri)
-        if self.data_uri.startswith("s3://"):
-            data = self.output / ".cache" / "data"
-            if self.env.local_rank == 0 and not (data / ".complete").is_file():
-                self.storage.download_tree(self.data_uri, data)
-                (data / ".complete").touch()
-            self._barrier()
-        elif not data.exists():
-            raise UserError(f"training data not found: {self.data_uri}")
+        if is_s3(self.data_uri):
+            data = self._on_each_node(lambda: self.storage.fetch_tree(self.data_uri, self.output / ".cache" / "data"))
         scratch = self.output / ".cache" / f"rank{self.env.rank}"
         scratch.mkdir(parents=True, exist_ok=True)
-        if self.train.stage == "pt":
-            loaded = load_pt(data, model_dir, self.storage, scratch)
-        else:
-            loaded = load_sft(data, model_dir, self.train.block_size, self.train.train_on_prompt, self.train.seed)
-        if self.data_uri.startswith("s3://"):
+        loaded = load_data(self.config, data, model_dir, scratch)
+        if is_s3(self.data_uri):
             loaded.info["uri"] = self.data_uri if self.train.stage == "pt" else self.data_uri + "/" + Path(
                 loaded.info["uri"]).name  # fmt: skip
         return loaded
 
     def run(self) -> dict[str, Any]:
         train, env = self.train, self.env
-        model_dir = fetch_model(self.model_uri, self.storage, self.output / ".cache", env)
+        model_dir = self._model_dir()
         data = self._load_data(model_dir)
+        check_run(self.config, data, model_dir, env.world_size, env.local_world_size)
         batch = batching(train, env.world_size)
         precision = resolve_precision(train, self.cuda, self.cuda and torch.cuda.is_bf16_supported())
         total = steps_for(train.max_steps, train.epochs, len(data), batch.global_batch)
-        StepBatches(len(data), batch.micro_batch, batch.grad_accum, 0, env.world_size, train.seed, 0, total)
         shape = model_shape(model_dir)
-        check_memory(shape, train, data.block_size, env, precision)
         lr = default_learning_rate(train)
         client_optimizer = not train.zero.offload_optimizer
         ds_config = deepspeed_config(train, batch, precision, lr, client_optimizer)
@@ -257,8 +186,8 @@ class _Run:
             params={"train": train.model_dump(mode="json"), "model": self.model_uri, "data": data.info,
                     "world_size": env.world_size, "global_batch": batch.global_batch, "total_steps": total,
                     "precision": precision, "learning_rate": lr},
-            tags={"deepmoney.stage": train.stage, "deepmoney.fingerprint": self.fingerprint,
-                  "deepmoney.version": __version__, "deepmoney.git_revision": git_revision()},
+            run_tags={tags.STAGE: train.stage, tags.FINGERPRINT: self.fingerprint, tags.VERSION: __version__,
+                      tags.GIT_REVISION: git_revision()},
         )  # fmt: skip
         progress = self._resume(engine)
         if progress.step == 0:
@@ -269,26 +198,30 @@ class _Run:
             self._loop(engine, data, batch, total, progress, tracker, shape, precision)
             fused_loss.uninstall(engine.module)
             final = export_final(engine, train, model_dir, self.output, env, precision)
-            manifest = self._manifest(progress, data, batch, total, tracker, precision)
+            manifest = self._manifest(progress, data, batch, total, precision)
             if env.is_main and final is not None:
                 reference = {"uri": str(final.resolve()), "files": sorted(p.name for p in final.iterdir()),
                              "fingerprint": self.fingerprint}  # fmt: skip
-                manifest["mlflow_model_uri"] = tracker.log_model(final, train.mlflow.log_model, reference)
-                tracker.log_dict(manifest, "deepmoney_manifest.json")
-                _atomic_json(self.output / "manifest.json", manifest)
+                manifest.mlflow_model_uri = tracker.log_model(final, train.mlflow.log_model, reference)
+                tracker.log_dict(manifest.model_dump(mode="json"), "deepmoney_manifest.json")
+                tracker.end("FINISHED")
+                manifest.mlflow_run_id = tracker.run_id
+                manifest.mlflow_tracking_uri = tracker.uri if tracker.run_id else None
+                manifest.mlflow_pending = tracker.pending
+                write_manifest(self.output / "manifest.json", manifest)
                 log.info(
                     "trained %d steps, %d tokens at %.0f tokens/s; model in %s; MLflow run %s",
-                    manifest["steps"], manifest["tokens"], manifest["tokens_per_second"], final,
-                    manifest["mlflow_run_id"] or "(none)",
+                    manifest.steps, manifest.tokens, manifest.tokens_per_second, final,
+                    manifest.mlflow_run_id or ("(kept offline: deepmoney track sync)" if tracker.pending else "(none)"),
                 )  # fmt: skip
             status = "FINISHED"
             self._barrier()
-            return manifest
+            return manifest.model_dump(mode="json")
         except torch.OutOfMemoryError:
             raise UserError(out_of_memory_advice(train, data.block_size, "the GPU ran out of memory")) from None
         finally:
-            if env.is_main:
-                tracker.end(status if status == "FINISHED" else "FAILED")
+            if env.is_main and status != "FINISHED":
+                tracker.end("FAILED")
 
     def _engine(self, model: Any, ds_config: dict[str, Any], lr: float, total: int, client_optimizer: bool) -> Any:
         import deepspeed
@@ -331,7 +264,7 @@ class _Run:
         saved = state.get("progress", {})
         progress = _Progress(**saved)
         reached = self._reached()
-        attempt = int(os.environ.get("DEEPMONEY_LAUNCH_ATTEMPT") or os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
+        attempt = int(env_vars.get(env_vars.LAUNCH_ATTEMPT) or env_vars.get(env_vars.TORCHELASTIC_RESTART_COUNT) or 0)
         progress.resumes.append({"from_step": found.step, "reached_step": max(reached, found.step),
                                  "lost_steps": max(0, reached - found.step), "attempt": attempt})  # fmt: skip
         log.info("resumed from %s (step %d; %d steps to redo)", found.path, found.step, max(0, reached - found.step))
@@ -426,36 +359,18 @@ class _Run:
                     tracker.log_dict({"step": progress.step, "path": where}, f"checkpoints/{progress.step:08d}.json")
         bar.close()
 
-    def _manifest(
-        self, progress: _Progress, data: TrainData, batch: Batching, total: int, tracker: Tracker, precision: str
-    ) -> dict[str, Any]:
+    def _manifest(self, progress: _Progress, data: TrainData, batch: Batching, total: int, precision: str
+                  ) -> TrainManifest:  # fmt: skip
         train = self.train
-        return {
-            "kind": "model",
-            "deepmoney_version": __version__,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "fingerprint": self.fingerprint,
-            "stage": train.stage,
-            "base_model": self.model_uri,
-            "data": data.info,
-            "final": str(self.output / "final"),
-            "adapter": str(self.output / "adapter") if train.lora.enabled else None,
-            "lora": train.lora.model_dump(mode="json") if train.lora.enabled else None,
-            "steps": progress.step,
-            "planned_steps": total,
-            "tokens": progress.tokens,
-            "train_seconds": round(progress.seconds, 3),
-            "tokens_per_second": progress.tokens / progress.seconds if progress.seconds else 0.0,
-            "first_loss": progress.first_loss,
-            "final_loss": progress.last_loss,
-            "resumes": progress.resumes,
-            "world_size": self.env.world_size,
-            "global_batch": batch.global_batch,
-            "micro_batch": batch.micro_batch,
-            "grad_accum": batch.grad_accum,
-            "zero_stage": train.zero.stage,
-            "precision": precision,
-            "mlflow_run_id": tracker.run_id,
-            "mlflow_tracking_uri": tracker.uri if tracker.run_id else None,
-            "config": train.model_dump(mode="json"),
-        }
+        return TrainManifest(
+            fingerprint=self.fingerprint, settings=self.plan.settings, stage=train.stage, base_model=self.model_uri,
+            final=str(self.output / "final"), steps=progress.step, tokens=progress.tokens,
+            tokens_per_second=progress.tokens / progress.seconds if progress.seconds else 0.0,
+            first_loss=progress.first_loss, final_loss=progress.last_loss, world_size=self.env.world_size,
+            zero_stage=train.zero.stage, data=data.info,
+            adapter=str(self.output / "adapter") if train.lora.enabled else None,
+            lora=train.lora.model_dump(mode="json") if train.lora.enabled else None,
+            planned_steps=total, train_seconds=round(progress.seconds, 3), resumes=progress.resumes,
+            global_batch=batch.global_batch, micro_batch=batch.micro_batch, grad_accum=batch.grad_accum,
+            precision=precision, config=train.model_dump(mode="json"),
+        )  # fmt: skip

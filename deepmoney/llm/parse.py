@@ -1,8 +1,9 @@
-"""Reading lists out of what real models return.
+"""Reading what real models return: lists, and refusals.
 
 Models wrap JSON in code fences, leave trailing commas, answer with a numbered or bulleted list
 instead, or add prose before and after. `parse_list` accepts all of these and returns None only
 when there is no list to be found (the caller then asks once more with a repair prompt).
+`REFUSAL` spots an answer that declines instead of answering (English and Chinese).
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import re
 
 FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 TRAILING_COMMA = re.compile(r",\s*([\]}])")
+REFUSAL = re.compile(
+    r"\b(?:I(?:'m| am) sorry|I cannot|I can't|as an AI|I do not have|does not (?:contain|provide|mention)|"
+    r"not (?:mentioned|provided|stated) in the (?:excerpt|text))\b|无法回答|抱歉|未提及|没有提供|节选中没有|没有提到",
+    re.IGNORECASE,
+)
 _ITEM = re.compile(r"^\s*(?:\d{1,3}\s*[.)、:：]|[（(]\d{1,3}[)）]|[-*•·]|[一二三四五六七八九十]+、)\s*(.+?)\s*$")
 
 

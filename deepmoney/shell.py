@@ -1,0 +1,158 @@
+"""What every command-line shell of deepmoney shares: global options, argument spelling, and how it ends.
+
+`deepmoney …` (cli.py) and `python -m deepmoney.train …` (the pods' command) are both typer apps
+run through `run_app`, so they end the same way: the command's result on stdout and nothing else;
+a user mistake — a bad flag, path, value or input — as one `error: …` line on stderr with exit
+code 2 (never a traceback); Ctrl-C as 130 and SIGTERM as 143, both after the command has cleaned
+up (an interrupted run can be resumed by running the same command again).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+try:  # typer vendors its own click (0.2x and later): its usage errors are these classes, not click's
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as click_errors
+
+from deepmoney.errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USER, UserError
+from deepmoney.logs import setup_logging
+
+# Options that take several values after one flag (`--input a b c`) as well as repeated flags.
+MULTI_VALUE_OPTIONS = {"--input", "--tokenizer-corpus", "--benchmark", "--data"}
+
+
+@dataclass
+class GlobalOptions:
+    """Options given before the verb, and what a shell hands its commands."""
+
+    config: Path | None = None
+    quiet: bool = False
+    services: dict[str, Any] = field(default_factory=dict)  # e.g. the training runner of this shell
+
+
+def global_options(ctx: typer.Context) -> GlobalOptions:
+    """The root command's options (defaults when a command is invoked directly)."""
+    return ctx.find_root().obj or GlobalOptions()
+
+
+def make_app(name: str, help_text: str, services: dict[str, Any] | None = None) -> typer.Typer:
+    """A typer app with the global options (--config, --quiet, --verbose) and deepmoney's settings."""
+    app = typer.Typer(name=name, help=help_text, no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False, rich_markup_mode=None)  # fmt: skip
+
+    @app.callback()
+    def root(
+        ctx: typer.Context,
+        config: Annotated[
+            Path | None, typer.Option("--config", "-c", help="YAML config file (also DEEPMONEY_CONFIG).")
+        ] = None,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")
+        ] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    ) -> None:
+        setup_logging(quiet=quiet, verbose=verbose)
+        ctx.obj = GlobalOptions(config, quiet, dict(services or {}))
+
+    root.__doc__ = help_text
+    return app
+
+
+ROOT_OPTIONS_WITH_VALUE = ("--config", "-c")
+# --quiet is not hoisted: after `data build-pt` or `synth` it is their own flag (no progress bar, logs kept).
+ROOT_FLAGS = ("--verbose", "-v")
+
+
+def split_root_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(root options, the rest): root options may come anywhere (`deepmoney train --config F`)."""
+    root: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in ROOT_OPTIONS_WITH_VALUE and i + 1 < len(argv):
+            root += argv[i : i + 2]
+            i += 2
+            continue
+        if argv[i].startswith("--config=") or argv[i] in ROOT_FLAGS:
+            root.append(argv[i])
+        else:
+            rest.append(argv[i])
+        i += 1
+    return root, rest
+
+
+def hoist_root_options(argv: list[str]) -> list[str]:
+    """`argv` with the root options first, where click wants them (before the verb)."""
+    root, rest = split_root_options(argv)
+    return [*root, *rest]
+
+
+def expand_multi_value_options(argv: list[str]) -> list[str]:
+    """`--input a b --x` -> `--input a --input b --x`, so both spellings of a list option work."""
+    out: list[str] = []
+    current: str | None = None
+    first = False
+    for token in argv:
+        if token in MULTI_VALUE_OPTIONS:
+            current, first = token, True
+            out.append(token)
+        elif token.startswith("-"):
+            current = None
+            out.append(token)
+        elif current and not first:
+            out.extend([current, token])
+        else:
+            first = False
+            out.append(token)
+    return out
+
+
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM. A BaseException so that no `except Exception` (ours or click's) swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+def _usage_line(exc: Any, prog: str) -> str:
+    """Click's usage error as one line, naming the command's --help."""
+    command = exc.ctx.command_path if exc.ctx is not None else prog
+    return f"error: {exc.format_message()} (see: {command} --help)"
+
+
+def run_app(app: typer.Typer, argv: list[str], prog: str) -> None:
+    """Run `app` on `argv` and exit the deepmoney way (see the module docstring)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        code = app(args=expand_multi_value_options(hoist_root_options(argv)), prog_name=prog, standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:  # a group without its verb: what it offers, as click does
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc), err=True)
+        sys.exit(EXIT_USER)
+    except click_errors.UsageError as exc:
+        typer.echo(_usage_line(exc, prog), err=True)
+        sys.exit(EXIT_USER)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(EXIT_SIGINT)
+    except UserError as exc:
+        message = str(exc)
+        typer.echo(message if message.startswith("config error") else f"error: {message}", err=True)
+        sys.exit(EXIT_USER)
+    except Interrupted as exc:
+        typer.echo(f"interrupted ({exc}): nothing was published; run the same command again to resume", err=True)
+        sys.exit(exc.code)
+    sys.exit(code if isinstance(code, int) else 0)
