@@ -234,7 +234,7 @@ class Storage:
                     head = self.s3.head_object(Bucket=bucket, Key=key)
                     return [FileRef(uri, head["ContentLength"], head["ETag"].strip('"'))]
                 except Exception as exc:  # not an object: maybe a prefix
-                    if "404" not in str(exc) and "Not Found" not in str(exc):
+                    if not _is_not_found(exc):
                         raise
                 key += "/"
             paginator = self.s3.get_paginator("list_objects_v2")
@@ -259,7 +259,7 @@ class Storage:
                 self.s3.head_object(Bucket=bucket, Key=key)
                 return True
             except Exception as exc:
-                if "404" in str(exc) or "Not Found" in str(exc):
+                if _is_not_found(exc):
                     return False
                 raise
 
@@ -459,3 +459,14 @@ def _locked(directory: Path) -> bool:
     except OSError:
         return False
     return False
+
+
+def _is_not_found(exc: Exception) -> bool:
+    """Whether an S3 call failed because the object is absent (HTTP 404), and for no other reason."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"404", "NoSuchKey", "NotFound"} or status == 404

@@ -108,6 +108,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+_REFUSING: list[socket.socket] = []
+
+
+def refused_url() -> str:
+    """An http URL on loopback where every connection is refused, for the whole session.
+
+    The port stays bound (never listening), so no other server can take it meanwhile; a fixed
+    port such as 9 is not safe, something may listen there on another machine.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _REFUSING.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 @dataclass
 class S3Endpoint:
     """A running S3-compatible server on loopback."""

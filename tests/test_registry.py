@@ -24,7 +24,7 @@ from deepmoney.data.pt import build_pt
 from deepmoney.errors import UserError
 from deepmoney.llm.scripted_server import ScriptedOpenAIServer
 from deepmoney.registry import CHALLENGER, CHAMPION, decide, storage_location
-from tests.conftest import ROOT, SAMPLE_CORPUS, S3Endpoint, _free_port, assert_clean_error, run_cli
+from tests.conftest import ROOT, SAMPLE_CORPUS, S3Endpoint, assert_clean_error, refused_url, run_cli
 from tests.test_synth import MODELS, ROLE_ARGS, scripted_analyst
 from tests.test_train import train_cli
 
@@ -278,7 +278,7 @@ def test_registry_bad_inputs(champion_run, tracking: dict[str, str], tmp_path: P
     assert_clean_error(run_cli("register", "--run-id", "0" * 32, "--name", NAME, env=tracking), "no MLflow run")
     assert_clean_error(run_cli("register", "--run-id", evaluation["mlflow_run_id"], "--name", NAME, env=tracking),
                        "has no model")  # fmt: skip
-    down = {**tracking, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    down = {**tracking, "MLFLOW_TRACKING_URI": refused_url()}
     assert_clean_error(run_cli("promote", "--name", NAME, "--version", "1", env=down), "does not answer")
     assert_clean_error(run_cli("evaluate", "--model", "x", "--data", str(tmp_path / "none"), "--output",
                                str(tmp_path / "o"), env=tracking), "no such directory")  # fmt: skip
@@ -408,7 +408,7 @@ def test_offline_training_and_evaluation_sync_then_register_and_promote(
     `track sync` uploads them, so the model is registered and promoted like one tracked live."""
     import mlflow
 
-    dead = {**tracking, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{_free_port()}"}
+    dead = {**tracking, "MLFLOW_TRACKING_URI": refused_url()}
     manifest = _train(tiny_model, evalset, tmp_path / "run", dead, "--max-steps", "40", "--learning-rate", "3e-3")
     assert manifest["mlflow_run_id"] is None and manifest["mlflow_pending"] is True
     evaluation = _evaluate(manifest["final"], evalset, tmp_path / "eval", dead)

@@ -8,7 +8,7 @@ import pytest
 
 from deepmoney.config import StorageConfig
 from deepmoney.storage import Storage, StorageError, atomic_write_bytes
-from tests.conftest import S3Endpoint
+from tests.conftest import S3Endpoint, refused_url
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
@@ -132,6 +132,6 @@ def test_s3_access_denied_is_a_clear_error(s3_endpoint_with_auth: S3Endpoint, mo
 def test_unreachable_endpoint_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    storage = Storage(StorageConfig(s3_endpoint_url="http://127.0.0.1:9", max_attempts=1, s3_region="us-east-1"))
+    storage = Storage(StorageConfig(s3_endpoint_url=refused_url(), max_attempts=1, s3_region="us-east-1"))
     with pytest.raises(StorageError, match="cannot reach S3"):
         storage.list_files("s3://bucket/prefix/")

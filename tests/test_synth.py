@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from deepmoney.llm.scripted_server import Faults, ScriptedOpenAIServer
-from tests.conftest import ROOT, SAMPLE_CORPUS, assert_clean_error, run_cli
+from tests.conftest import ROOT, SAMPLE_CORPUS, assert_clean_error, refused_url, run_cli
 
 pytestmark = pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), reason="sample corpus not present")
 MODELS = ("questioner-34b", "answerer-67b", "extractor-7b")
@@ -183,7 +183,7 @@ def test_sigkill_then_resume_gives_the_same_dataset_without_repeating_requests(t
 
 
 def test_same_model_for_questioner_and_answerer_is_refused(tmp_path: Path) -> None:
-    url = "http://127.0.0.1:9/v1#same-model"
+    url = refused_url() + "/v1#same-model"
     result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), "--questioner", url,
                      "--answerer", url, "--extractor", url)  # fmt: skip
     assert_clean_error(result, "same model", "--allow-same-model")
@@ -206,7 +206,7 @@ def test_unknown_model_and_no_chapters(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "x.md").write_text("tiny")
-    args = _synth_args("http://127.0.0.1:9/v1", tmp_path / "o2")
+    args = _synth_args(refused_url() + "/v1", tmp_path / "o2")
     args[args.index("--input") + 1] = str(empty)
     assert_clean_error(run_cli(*args), "no chapters to ask about")
 
@@ -283,7 +283,7 @@ def test_shards_merge_into_exactly_the_unsharded_dataset(tmp_path: Path) -> None
         assert _without_run_time(tmp_path / "merged" / name) == _without_run_time(tmp_path / "whole" / name), name
     incomplete = run_cli("synth-merge", "--input", *shards[:2], "--output", str(tmp_path / "bad"))
     assert_clean_error(incomplete, "shards 0..N-1")
-    bad_spec = run_cli(*_synth_args("http://127.0.0.1:9/v1", tmp_path / "x", "--shard", "3/3"))
+    bad_spec = run_cli(*_synth_args(refused_url() + "/v1", tmp_path / "x", "--shard", "3/3"))
     assert_clean_error(bad_spec, "expected K/N")
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from deepmoney.config import load_config, overrides_from_flags
 from deepmoney.data.pt import build_pt
 from deepmoney.llm.scripted_server import ScriptedOpenAIServer
-from tests.conftest import ROOT, SAMPLE_CORPUS, CliResult, S3Endpoint, _free_port, run_cli
+from tests.conftest import ROOT, SAMPLE_CORPUS, CliResult, S3Endpoint, _free_port, refused_url, run_cli
 from tests.test_synth import MODELS, ROLE_ARGS, scripted_analyst
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), reason="sample corpus not present")]
@@ -228,7 +228,7 @@ def test_sft_zero2_lora_with_mlflow_unreachable(tmp_path: Path, tiny_model: Path
     out = tmp_path / "sft-lora"
     flags = ("--stage", "sft", "--launcher", "local", "--nproc", "2", "--zero", "2", "--lora", "--max-steps", "12",
              "--micro-batch", "2", "--block-size", "512", "--learning-rate", "1e-2")  # fmt: skip
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = refused_url()
     result = train_cli(tiny_model, sft_data / "alpaca.jsonl", out, *flags, env={"MLFLOW_TRACKING_URI": dead})
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stderr.count(f"MLflow at {dead} failed") == 1

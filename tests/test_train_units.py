@@ -18,7 +18,7 @@ from deepmoney.train.datasets import StepBatches
 from deepmoney.train.distributed import dist_env, needs_torchrun, torchrun_argv
 from deepmoney.train.ds_config import batching, deepspeed_config, resolve_precision
 from deepmoney.train.trainer import lr_lambda
-from tests.conftest import assert_clean_error, run_cli
+from tests.conftest import assert_clean_error, refused_url, run_cli
 
 
 def _train(**values):
@@ -186,7 +186,9 @@ def test_a_small_dataset_is_refused_once_before_any_rank_starts(tmp_path: Path, 
 
 
 def test_an_unreachable_model_uri_is_refused_before_any_rank_starts(tmp_path: Path, small_pt: Path) -> None:
-    dead = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",  # port 9: nothing listens there
+    # The endpoint setting itself: the session's moto fixture exports DEEPMONEY_STORAGE__S3_ENDPOINT_URL,
+    # which outranks AWS_ENDPOINT_URL.
+    dead = {"DEEPMONEY_STORAGE__S3_ENDPOINT_URL": refused_url(), "AWS_ACCESS_KEY_ID": "x",
             "AWS_SECRET_ACCESS_KEY": "x", "DEEPMONEY_STORAGE__MAX_ATTEMPTS": "1"}  # fmt: skip
     result = run_cli("train", "--model", "s3://models/base", "--data", str(small_pt), "--output",
                      str(tmp_path / "out"), env={"MLFLOW_TRACKING_URI": "", **dead})  # fmt: skip
