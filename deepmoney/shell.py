@@ -130,6 +130,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _usage_line(exc: Any, prog: str) -> str:
     """Click's usage error as one line, naming the command's --help."""
     command = exc.ctx.command_path if exc.ctx is not None else prog
+    if isinstance(exc, click_errors.NoSuchOption) and exc.ctx is not None:
+        # click's fuzzy "Possible options" often offers only --help; name what the command takes.
+        names = [opt for param in exc.ctx.command.params for opt in getattr(param, "opts", [])
+                 if opt.startswith("--") and opt != "--help"]  # fmt: skip
+        if names:
+            takes = ", ".join(names)
+            return f"error: no such option: {exc.option_name}; {command} takes {takes} (see: {command} --help)"
     return f"error: {exc.format_message()} (see: {command} --help)"
 
 

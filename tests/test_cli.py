@@ -49,10 +49,11 @@ def test_help_lists_every_verb() -> None:
         assert group in result.stdout
 
 
-def test_unknown_option_is_a_usage_error() -> None:
-    result = run_cli("data", "build-pt", "--no-such-flag")
-    assert_clean_error(result, "No such option")
-    assert result.returncode == 2
+def test_unknown_option_is_a_usage_error_naming_the_options_the_command_takes() -> None:
+    result = run_cli("data", "build-pt", "--model", "x")  # a hurried user's guess: the flag is --tokenizer
+    assert_clean_error(result, "no such option: --model", "--tokenizer", "deepmoney data build-pt --help")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "Possible options: --help" not in result.stderr
 
 
 def test_missing_tokenizer_directory(tmp_path) -> None:
