@@ -29,6 +29,16 @@ class UserError(Exception):
     """
 
 
+class ServiceUnavailable(UserError):
+    """A service the command needs does not answer (an LLM endpoint that answered none of many requests).
+
+    One line like any UserError, but the exit code is EXIT_TRANSIENT: the user may have to start or
+    fix the service, yet running the same command again later may succeed (and resumes).
+    """
+
+    exit_code = EXIT_TRANSIENT
+
+
 class InputRejected(Exception):
     """One input file cannot be used; the run records it in rejected.jsonl and goes on."""
 

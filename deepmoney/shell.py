@@ -67,8 +67,10 @@ def make_app(name: str, help_text: str, services: dict[str, Any] | None = None) 
 
 
 ROOT_OPTIONS_WITH_VALUE = ("--config", "-c")
-# --quiet is not hoisted: after `data build-pt` or `synth` it is their own flag (no progress bar, logs kept).
 ROOT_FLAGS = ("--verbose", "-v")
+# Hoisted only after a verb without a --quiet of its own (`data build-pt` and `synth` have one: no
+# progress bar, logs kept); after any other verb, -q is the root's (warnings and errors only).
+QUIET_FLAGS = ("--quiet", "-q")
 
 
 def split_root_options(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -89,10 +91,32 @@ def split_root_options(argv: list[str]) -> tuple[list[str], list[str]]:
     return root, rest
 
 
-def hoist_root_options(argv: list[str]) -> list[str]:
-    """`argv` with the root options first, where click wants them (before the verb)."""
+def hoist_root_options(argv: list[str], app: typer.Typer | None = None) -> list[str]:
+    """`argv` with the root options first, where click wants them (before the verb).
+
+    Given `app`, a -q/--quiet after a verb that has no --quiet of its own is hoisted too.
+    """
     root, rest = split_root_options(argv)
+    if app is not None and not _verb_has_quiet(app, rest):
+        quiet = [a for a in rest if a in QUIET_FLAGS]
+        root += quiet
+        rest = [a for a in rest if a not in QUIET_FLAGS] if quiet else rest
     return [*root, *rest]
+
+
+def _verb_has_quiet(app: typer.Typer, argv: list[str]) -> bool:
+    """Whether the verb that `argv` names (after the root options) declares its own --quiet."""
+    command: Any = typer.main.get_command(app)
+    for token in argv:
+        if token in QUIET_FLAGS:
+            continue
+        sub = getattr(command, "commands", {}).get(token)
+        if sub is None:
+            break
+        command = sub
+    if getattr(command, "commands", None):  # still a group: the root's own --quiet
+        return True
+    return any("--quiet" in getattr(param, "opts", []) for param in command.params)
 
 
 def expand_multi_value_options(argv: list[str]) -> list[str]:
@@ -145,7 +169,8 @@ def run_app(app: typer.Typer, argv: list[str], prog: str) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        code = app(args=expand_multi_value_options(hoist_root_options(argv)), prog_name=prog, standalone_mode=False)
+        args = expand_multi_value_options(hoist_root_options(argv, app))
+        code = app(args=args, prog_name=prog, standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:  # a group without its verb: what it offers, as click does
         typer.echo(exc.ctx.get_help() if exc.ctx is not None else str(exc), err=True)
         sys.exit(EXIT_USER)
@@ -158,7 +183,7 @@ def run_app(app: typer.Typer, argv: list[str], prog: str) -> None:
     except UserError as exc:
         message = str(exc)
         typer.echo(message if message.startswith("config error") else f"error: {message}", err=True)
-        sys.exit(EXIT_USER)
+        sys.exit(getattr(exc, "exit_code", EXIT_USER))  # ServiceUnavailable: EXIT_TRANSIENT
     except Interrupted as exc:
         typer.echo(f"interrupted ({exc}): nothing was published; run the same command again to resume", err=True)
         sys.exit(exc.code)

@@ -240,10 +240,13 @@ def claim_output(storage: Storage, output: str, kind: str, fingerprint_: str, se
     started = _load(storage, join(output, RUN_MARKER)) if existing is None and RUN_MARKER in names else None
     found = existing or started
     if found is None or found.get("kind") != kind:
-        what = f"a {found['kind']}" if found and found.get("kind") else "not a deepmoney output"
+        if found and found.get("kind"):
+            what = f"holds a {found['kind']} rather than a {kind}"
+        else:
+            more = " and more" if len(names) > 1 else ""
+            what = f"is not a deepmoney output (it holds {sorted(names)[0]}{more})"
         raise UserError(
-            f"--output {output} is not empty and holds {what} rather than a {kind}; choose an empty or new "
-            "directory (nothing was written)"
+            f"--output {output} is not empty and {what}; choose an empty or new directory (nothing was written)"
         )
     if found.get("fingerprint") == fingerprint_:
         if existing is None:  # this very run, unfinished: resume it (--overwrite too: a restarted pod must not wipe it)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer.main
 
 from deepmoney.cli import COMMANDS, app
-from deepmoney.shell import expand_multi_value_options
+from deepmoney.shell import expand_multi_value_options, hoist_root_options
 from tests.conftest import assert_clean_error, run_cli
 
 
@@ -47,6 +47,16 @@ def test_help_lists_every_verb() -> None:
     assert result.returncode == 0
     for group in ("config", "model", "data", "quickstart"):
         assert group in result.stdout
+
+
+def test_quiet_after_any_verb_is_the_roots_unless_the_verb_has_its_own() -> None:
+    evaluate = ["evaluate", "--model", "m", "--data", "d", "-q"]
+    assert hoist_root_options(evaluate, app) == ["-q", *evaluate[:-1]]  # evaluate has no --quiet: the root's
+    build = ["data", "build-pt", "--input", "a", "--quiet", "-v"]
+    assert hoist_root_options(build, app) == ["-v", *build[:-1]]  # build-pt's own --quiet stays with it
+    assert hoist_root_options(["-q", "promote"], app) == ["-q", "promote"]
+    result = run_cli("config", "show", "-q")  # a verb without --quiet of its own accepts it after the verb
+    assert result.returncode == 0, result.stderr
 
 
 def test_unknown_option_is_a_usage_error_naming_the_options_the_command_takes() -> None:

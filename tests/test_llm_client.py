@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
 
 from deepmoney.llm.cache import RequestCache
 from deepmoney.llm.client import LLMRequestError, OpenAIChatClient, RetryPolicy, Sampling
-from deepmoney.llm.errors import LLMFatalError, LLMGaveUp
+from deepmoney.llm.errors import LLMEndpointDown, LLMFatalError, LLMGaveUp
 from deepmoney.llm.roles import parse_endpoint
 from deepmoney.llm.scripted_server import Faults, ScriptedOpenAIServer, echo_responder
 
@@ -105,6 +106,40 @@ def test_gives_up_after_the_policy_s_attempts() -> None:
         (result,) = _ask(client, ["q"])
     assert isinstance(result, LLMGaveUp) and result.attempts == 3 and "HTTP 500" in str(result)
     assert len(server.log) == 3 and client.stats.failed == 1
+
+
+def test_an_endpoint_that_stops_answering_stops_the_run_after_a_few_requests() -> None:
+    """Answered once, then hung: three requests give up alone, the fourth in a row stops the run."""
+    policy = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02, timeout=0.5, down_after=4)
+
+    def answers_once(model: str, messages: list[dict[str, str]]) -> str:
+        if messages[-1]["content"] != "first":
+            time.sleep(0.8)  # longer than the client's timeout: every later attempt times out
+        return echo_responder(model, messages)
+
+    with ScriptedOpenAIServer(responder=answers_once) as server:
+        results = _ask_in_turn(_client(server, policy=policy, concurrency=1), ["first", *(f"q{i}" for i in range(5))])
+    assert results[0].text.endswith("first")
+    assert [type(r) for r in results[1:]] == [LLMGaveUp] * 3 + [LLMEndpointDown] * 2
+    message = str(results[4])
+    assert "stopped answering: 4 requests in a row failed after 1 answer " in message and "timeout" in message
+    assert "run the same command again" in message
+
+
+def _ask_in_turn(client: OpenAIChatClient, prompts: list[str]) -> list:
+    async def run() -> list:
+        results = []
+        try:
+            for p in prompts:
+                try:
+                    results.append(await client.chat([{"role": "user", "content": p}], Sampling(seed=1)))
+                except (LLMGaveUp, LLMEndpointDown) as exc:
+                    results.append(exc)
+        finally:
+            await client.aclose()
+        return results
+
+    return asyncio.run(run())
 
 
 def test_cache_means_no_request_is_sent_twice(tmp_path: Path) -> None:

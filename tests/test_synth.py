@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from deepmoney.errors import EXIT_TRANSIENT
 from deepmoney.llm.scripted_server import Faults, ScriptedOpenAIServer
 from tests.conftest import ROOT, SAMPLE_CORPUS, assert_clean_error, refused_url, run_cli
 
@@ -331,6 +332,19 @@ def test_unreachable_endpoints_warn_at_once_and_fail_without_publishing(tmp_path
     assert len(roles_warned) == len(set(roles_warned)) >= 2  # once per role that was asked (no question: no answer)
     assert set(roles_warned) <= {"questioner", "answerer", "extractor"}
     assert all(endpoint.startswith(closed) for _, endpoint in warned)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_dead_endpoint_stops_a_large_run_at_once_with_a_retryable_exit(tmp_path: Path) -> None:
+    """All 141 chapters at a closed port: the run stops after a few given-up requests, not one per chapter."""
+    closed = f"http://127.0.0.1:{_closed_port()}/v1"
+    roles = ["--questioner", f"{closed}#q", "--answerer", f"{closed}#a", "--extractor", f"{closed}#e"]
+    attempts = {f"DEEPMONEY_SYNTH__{r}__ATTEMPTS": "1" for r in ("QUESTIONER", "ANSWERER", "EXTRACTOR")}
+    result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), *roles, "--quiet",
+                     env=attempts)  # fmt: skip
+    assert_clean_error(result, "endpoint", "answered none of 4 requests", "run the same command again")
+    assert result.returncode == EXIT_TRANSIENT  # retryable: the server may come up; the run resumes
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
 

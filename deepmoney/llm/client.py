@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from deepmoney.llm.cache import RequestCache, request_key
-from deepmoney.llm.errors import LLMFatalError, LLMGaveUp, LLMRetryableError
+from deepmoney.llm.errors import LLMEndpointDown, LLMFatalError, LLMGaveUp, LLMRetryableError
 from deepmoney.llm.roles import Endpoint, redact
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ class RetryPolicy:
     max_delay: float = 30.0
     timeout: float = 120.0
     max_retry_after: float = 300.0  # a server asking for longer than this is treated as asking for this
+    # Requests given up in a row (every attempt failed, none answered in between) that stop the run: a
+    # dead endpoint would otherwise fail each of thousands of chapters in turn, for hours.
+    down_after: int = 4
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before attempt `attempt + 1`: the server's Retry-After, else capped exponential
@@ -176,6 +179,8 @@ class OpenAIChatClient(CachedChat):
         self.cache = cache
         self.stats = ClientStats()
         self._warned = False
+        self._gave_up_in_a_row = 0
+        self._answered = 0
         self._semaphore = asyncio.Semaphore(concurrency)
         self._client = AsyncOpenAI(
             base_url=endpoint.target,
@@ -192,7 +197,10 @@ class OpenAIChatClient(CachedChat):
     async def _with_retries(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         for attempt in range(1, self.policy.attempts + 1):
             try:
-                return await self._once(messages, sampling)
+                completion = await self._once(messages, sampling)
+                self._answered += 1
+                self._gave_up_in_a_row = 0
+                return completion
             except LLMRequestError:
                 self.stats.failed += 1
                 raise
@@ -201,6 +209,9 @@ class OpenAIChatClient(CachedChat):
                 reasons[exc.reason.split(":")[0]] = reasons.get(exc.reason.split(":")[0], 0) + 1
                 if attempt == self.policy.attempts:
                     self.stats.failed += 1
+                    self._gave_up_in_a_row += 1
+                    if self._gave_up_in_a_row >= self.policy.down_after:
+                        raise self._down(exc.reason) from None
                     raise LLMGaveUp(exc.reason, attempt) from None
                 self.stats.retries += 1
                 delay = self.policy.delay(attempt, exc.retry_after)
@@ -211,6 +222,17 @@ class OpenAIChatClient(CachedChat):
                 log.debug("%s: %s; retrying in %.2fs", self.endpoint.label, exc.reason, delay)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _down(self, reason: str) -> LLMEndpointDown:
+        n, role, label = self._gave_up_in_a_row, self.endpoint.role, self.endpoint.label
+        answers = f"{self._answered} answer" + ("s" if self._answered != 1 else "")
+        what = (f"stopped answering: {n} requests in a row failed after {answers}"
+                if self._answered else f"answered none of {n} requests")  # fmt: skip
+        return LLMEndpointDown(
+            f"the {role} endpoint {label} {what} (each tried {self.policy.attempts} times; last: {reason}); check "
+            "that the server is up and the URL (ending in /v1), then run the same command again: the answers "
+            "so far are kept and not asked again"
+        )
 
     async def _once(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         import openai

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deepmoney.errors import UserError
+from deepmoney.errors import ServiceUnavailable, UserError
 
 
 class LLMFatalError(UserError):
@@ -25,3 +25,7 @@ class LLMGaveUp(Exception):
         super().__init__(f"gave up after {attempts} attempts: {reason}")
         self.reason = reason
         self.attempts = attempts
+
+
+class LLMEndpointDown(ServiceUnavailable):
+    """Several requests in a row gave up on one endpoint: stop the run (resumable) instead of failing every chapter."""

@@ -17,13 +17,8 @@ app.command("train")(train)
 
 
 def _argv(args: list[str]) -> list[str]:
-    """The app's one verb, `train`, after the root options (`python -m deepmoney.train train …` is the same).
-
-    `train` has no --quiet of its own, so here --quiet/-q count as root options wherever they are.
-    """
+    """The app's one verb, `train`, after the root options (`python -m deepmoney.train train …` is the same)."""
     root, rest = split_root_options(args)
-    root += [a for a in rest if a in ("--quiet", "-q")]
-    rest = [a for a in rest if a not in ("--quiet", "-q")]
     return [*root, "train", *(rest[1:] if rest[:1] == ["train"] else rest)]
 
 
