@@ -7,6 +7,7 @@ when interrupted — is `deepmoney.shell`'s, shared with the pods' entrypoint.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 from collections.abc import Callable
@@ -36,7 +37,11 @@ GROUPS = {
     "data": typer.Typer(help="Build the training corpora.", no_args_is_help=True),
     "registry": typer.Typer(help="Look up registered models.", no_args_is_help=True),
     "track": typer.Typer(help="MLflow tracking of finished outputs.", no_args_is_help=True),
+    "marketdata": typer.Typer(
+        help="The macro/micro database the news analysis reads, as of a date.", no_args_is_help=True
+    ),
 }
+MARKETDATA_URL_HELP = "SQLAlchemy URL of the database (default: marketdata.url, else the embedded default)."
 OVERWRITE_HELP = "Replace an output made from other inputs or settings (never a directory of another kind)."
 
 
@@ -304,6 +309,66 @@ def track_sync(
         typer.echo(f"{output}: {'synced to' if sent else 'already in'} MLflow run {run_id}")
 
 
+def _market_data_url(ctx: typer.Context, url: str | None) -> str | None:
+    return url or load_config(global_options(ctx).config).marketdata.url
+
+
+def marketdata_list(
+    ctx: typer.Context, url: Annotated[str | None, typer.Option("--url", help=MARKETDATA_URL_HELP)] = None
+) -> None:
+    """Print the data dictionary: one line per series (id, frequency, unit, English and Chinese names)."""
+    from deepmoney.marketdata import MarketData
+
+    with MarketData.open(_market_data_url(ctx, url)) as market:
+        rows = [f"{s.id:<28}{s.frequency:<11}{s.name_en} | {s.name_zh} ({s.unit})" for s in market.catalogue()]
+    typer.echo("\n".join(rows))
+
+
+def marketdata_show(
+    ctx: typer.Context,
+    series: Annotated[str, typer.Argument(help="A series id from `deepmoney marketdata list`.")],
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="YYYY-MM-DD: only values published by then (default: the latest).")
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option("--window", min=1, help="Observations (default: marketdata.window).")
+    ] = None,
+    url: Annotated[str | None, typer.Option("--url", help=MARKETDATA_URL_HELP)] = None,
+) -> None:
+    """Print one series as of a date as JSON: its summary figures and the observations."""
+    from deepmoney.marketdata import MarketData
+
+    day = _iso_date(as_of, "--as-of")
+    config = load_config(global_options(ctx).config)
+    with MarketData.open(url or config.marketdata.url) as market:
+        observations = market.fetch(series, day, window or config.marketdata.window)
+    summary = MarketData.summary(observations)
+    summary["points"] = [[p.period_end.isoformat(), p.value] for p in observations.points]
+    typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+
+
+def _iso_date(text: str | None, flag: str) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected a date as YYYY-MM-DD") from None
+
+
+def marketdata_load(
+    url: Annotated[str, typer.Option("--url", help="SQLAlchemy URL of the database to fill (created if missing).")],
+    dictionary: Annotated[str, typer.Option("--dictionary", help="CSV or Parquet: one row per series.")],
+    observations: Annotated[str, typer.Option("--observations", help="CSV or Parquet: series_id, period_end, value.")],
+) -> None:
+    """Fill a firm's own database from CSV/Parquet files, all or nothing (schema: docs/marketdata.md)."""
+    from deepmoney.marketdata import load_table
+
+    counts = load_table(url, dictionary, observations)
+    typer.echo(f"loaded {counts['series']} series and {counts['observations']} observations "
+               f"({counts['replaced_series']} series replaced)")  # fmt: skip
+
+
 def quickstart(
     ctx: typer.Context,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
@@ -335,6 +400,9 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "promote": promote,
     "registry uri": registry_uri,
     "track sync": track_sync,
+    "marketdata list": marketdata_list,
+    "marketdata show": marketdata_show,
+    "marketdata load": marketdata_load,
     "quickstart": quickstart,
 }
 

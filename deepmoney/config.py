@@ -344,6 +344,19 @@ class RegistryConfig(Section):
     )
 
 
+class MarketDataConfig(Section):
+    """The macro/micro database the news analysis reads (docs/marketdata.md)."""
+
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of a firm's database (sqlite:///…, postgresql://…); unset = the embedded "
+        "default (real public series from the arch and statsmodels packages, built on first use).",
+    )
+    window: int = Field(
+        24, ge=1, description="Observations per series given to an analysis (the latest as of the news date)."
+    )
+
+
 class DeepmoneyConfig(BaseSettings):
     """The whole configuration. YAML file from `--config` or DEEPMONEY_CONFIG; env `DEEPMONEY_DATA__BLOCK_SIZE=512`."""
 
@@ -361,6 +374,7 @@ class DeepmoneyConfig(BaseSettings):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    marketdata: MarketDataConfig = Field(default_factory=MarketDataConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -65,6 +65,7 @@ OMP_NUM_THREADS = "OMP_NUM_THREADS"
 TOKENIZERS_PARALLELISM = "TOKENIZERS_PARALLELISM"
 HF_HUB_DISABLE_PROGRESS_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"  # also turns off transformers' bars
 PYTHONUNBUFFERED = "PYTHONUNBUFFERED"
+XDG_CACHE_HOME = "XDG_CACHE_HOME"  # the embedded market-data database is built under it (~/.cache)
 
 
 def get(name: str, environ: Mapping[str, str] | None = None) -> str | None:
