@@ -11,6 +11,7 @@ sector named, were data series named, does the analysis use the data it was give
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from deepmoney.analysis.parse import parse_method, parse_sectors
 from deepmoney.analysis.prompts import Messages, analysis_messages, method_messages, sectors_messages
@@ -37,6 +39,16 @@ VALUE_REL_TOL = 1e-2
 Series = list[tuple[str, float]]
 Generate = Callable[[list[Messages]], list[str]]
 
+
+class SeriesSource(Protocol):
+    """Where step 3's data comes from when it is not the item's own series (e.g. `analysis.market.MarketSeries`)."""
+
+    def lookup(self, requested: list[str], sector: str, as_of: dt.date | None, language: str
+               ) -> tuple[dict[str, str], dict[str, Series]]:  # fmt: skip
+        """(requested name -> the series it matched, series -> its points as of `as_of`)."""
+        ...
+
+
 _CJK_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
 _WORD = re.compile(r"[a-z0-9]+")
 _UNIT = re.compile(r"\([^()]*\)")
@@ -54,6 +66,7 @@ class NewsItem:
     text: str
     data: dict[str, Series]
     expected_sectors: list[str] = field(default_factory=list)  # informational; not used for scoring
+    date: dt.date | None = None  # when the news was published: a market source reads its data as of this day
 
 
 @dataclass
@@ -110,6 +123,12 @@ def _item(record: object, where: str) -> NewsItem:
     data = record["data"]
     if not isinstance(data, dict) or not data:
         raise UserError(f"{where}: 'data' must be an object of series name -> [[period, value], ...]")
+    date = record.get("date")
+    if date is not None:
+        try:
+            date = dt.date.fromisoformat(str(date)[:10])
+        except ValueError:
+            raise UserError(f"{where}: 'date' must be an ISO date (YYYY-MM-DD), not {record['date']!r}") from None
     expected = record.get("expected_sectors") or []
     if not isinstance(expected, list):
         raise UserError(f"{where}: 'expected_sectors' must be a list of strings")
@@ -119,6 +138,7 @@ def _item(record: object, where: str) -> NewsItem:
         text=record["text"],
         data={str(name): _series(str(name), points, where) for name, points in data.items()},
         expected_sectors=[str(s) for s in expected],
+        date=date,
     )
 
 
@@ -189,8 +209,11 @@ def _call(generate: Generate, batch: list[Messages], step: str) -> list[str]:
     return ["" if text is None else str(text) for text in out]
 
 
-def run_chain(news: list[NewsItem], generate: Generate) -> list[ChainResult]:
-    """Run the three steps for every item, one `generate` call per step for the whole batch."""
+def run_chain(news: list[NewsItem], generate: Generate, source: SeriesSource | None = None) -> list[ChainResult]:
+    """Run the three steps for every item, one `generate` call per step for the whole batch.
+
+    Step 3's data is each item's own series, or, given a `source`, that source's series as of the item's date.
+    """
     if not news:
         return []
     sectors_raw = _call(generate, [sectors_messages(n.text, n.language) for n in news], "sectors")
@@ -202,7 +225,12 @@ def run_chain(news: list[NewsItem], generate: Generate) -> list[ChainResult]:
     methods = [parse_method(text) for text in method_raw]
 
     matched, passed = [], []
-    for n, (_, requested) in zip(news, methods, strict=True):
+    for n, top, (_, requested) in zip(news, tops, methods, strict=True):
+        if source is not None:
+            found, data = source.lookup(requested, top, n.date, n.language)
+            matched.append(found)
+            passed.append(data)
+            continue
         found = match_series(requested, list(n.data))
         matched.append(found)
         passed.append({name: n.data[name] for name in dict.fromkeys(found.values())} if found else dict(n.data))
