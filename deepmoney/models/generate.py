@@ -7,7 +7,8 @@ is refused with `PromptTooLong` (what an OpenAI-compatible server answers with H
 silently cut. Callers fit their prompts with `fit_text`/`count_tokens` first.
 
 Generation is left-padded and batched; temperature 0 is greedy and deterministic; sampling is
-seeded from the request, so the same batch gives the same replies.
+seeded from the request, so the same batch gives the same replies. Given a JSON schema
+(`GenerationSettings.json_schema`), decoding is constrained to it (`models/constrain.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class GenerationSettings:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = 0
+    json_schema: str | None = None  # JSON Schema text: every reply is JSON valid for it (models/constrain.py)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Generator:
         self.device = next(model.parameters()).device
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self._constraints: Any = None
 
     def prompt_ids(self, messages: Messages) -> list[int]:
         """The chat template applied to `messages`, ready for the assistant's reply, as token ids."""
@@ -75,6 +78,14 @@ class Generator:
         if len(ids) <= max_tokens:
             return text, False
         return self.tokenizer.decode(ids[: max(0, max_tokens)], skip_special_tokens=True), True
+
+    def _schema_processor(self, schema: str, batch: int) -> Any:
+        if self._constraints is None:
+            from deepmoney.models.constrain import SchemaConstraints
+
+            vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+            self._constraints = SchemaConstraints(self.tokenizer, vocab)
+        return self._constraints.processor(schema, batch)
 
     def generate(self, conversations: Sequence[Messages], settings: GenerationSettings
                  ) -> list[Generated | PromptTooLong]:  # fmt: skip
@@ -107,6 +118,8 @@ class Generator:
                 kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
             else:
                 kwargs["do_sample"] = False
+            if settings.json_schema is not None:
+                kwargs["logits_processor"] = [self._schema_processor(settings.json_schema, len(fitting))]
             with torch.no_grad():
                 output = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                              **kwargs)  # fmt: skip
