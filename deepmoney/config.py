@@ -149,6 +149,12 @@ class RoleConfig(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_tokens: int = Field(512, ge=1, le=32768, description="Longest answer, in tokens.")
     seed: int | None = Field(0, description="Sampling seed sent with each request (servers that honour it).")
+    structured: bool = Field(
+        True,
+        description="Ask for lists as JSON by schema (response_format over HTTP, constrained decoding for "
+        "local:); answers are still parsed as free text when an endpoint ignores it. false: for an endpoint that "
+        "rejects response_format.",
+    )
     concurrency: int = operational(16, ge=1, le=4096, description="Requests in flight to this role's endpoint.")
     timeout: float = operational(120.0, gt=0, description="Seconds to wait for one answer before retrying.")
     attempts: int = operational(

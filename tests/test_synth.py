@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -394,3 +395,59 @@ def test_one_directory_spelled_two_ways_is_the_same_model(tmp_path: Path, tiny_m
     )
     assert_clean_error(result, "the questioner and the answerer are the same model", "--allow-same-model")
     assert not (tmp_path / "o").exists()
+
+
+def test_lists_are_asked_for_by_json_schema_unless_a_role_opts_out(tmp_path: Path) -> None:
+    """Extractor and questioner send response_format with the list schema; the answerer writes prose."""
+    from deepmoney.synth.run import list_schema
+
+    opt_out = {"DEEPMONEY_SYNTH__EXTRACTOR__STRUCTURED": "false"}
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS) as server:
+        args = _synth_args(server.base_url, tmp_path / "o")
+        args[args.index("--max-chapters") + 1] = "4"
+        result = run_cli(*args, env=opt_out)
+        bodies = list(server.bodies)
+    assert result.returncode == 0, result.stderr
+    by_model: dict[str, list[dict]] = {}
+    for body in bodies:
+        by_model.setdefault(body["model"], []).append(body)
+    questions = by_model["questioner-34b"]
+    expected = {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": json.loads(list_schema("questioner", 2))},
+    }
+    assert questions and all(body.get("response_format") == expected for body in questions)
+    assert by_model["answerer-67b"] and not any("response_format" in body for body in by_model["answerer-67b"])
+    assert by_model["extractor-7b"] and not any("response_format" in body for body in by_model["extractor-7b"])
+    # the scripted server ignores response_format (as some endpoints do): its free-text lists still parse
+    assert (tmp_path / "o" / "alpaca.jsonl").stat().st_size > 0
+
+
+def test_local_roles_answer_lists_that_parse_even_from_random_models(tmp_path: Path, tiny_model: Path) -> None:
+    """Constrained decoding: every extractor and questioner answer of a random model parses as a list.
+
+    What may still be rejected is the noise in those lists (wrong language, ungrounded answers): the
+    content filters, not the format, decide.
+    """
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model, other)  # another directory: a different model for the answerer
+    roles = [
+        "--questioner",
+        f"local:{tiny_model}",
+        "--answerer",
+        f"local:{other}",
+        "--extractor",
+        f"local:{tiny_model}",
+    ]
+    limits = ["--max-chapters", "2", "--questions-per-chapter", "1", "--allow-same-model", "--quiet"]
+    short = {"DEEPMONEY_SYNTH__ANSWERER__MAX_TOKENS": "48"}  # the answer is prose: its length is not under test
+    result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), *roles, *limits,
+                     env=short)  # fmt: skip
+    if result.returncode == 0:
+        reasons = json.loads((tmp_path / "o" / "manifest.json").read_text())["rejected_by_reason"]
+        text = json.dumps(reasons)
+    else:
+        text = result.stderr
+        failed, total = map(int, re.search(r"\((\d+) of (\d+) requests failed", text).groups())
+        assert failed == 0 and total >= 2  # the roles were asked, and answered
+    assert "not a list" not in text and "request failed" not in text, text

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -96,7 +95,7 @@ class LLMSummarizer:
     def key(self, doc: Document) -> str:
         """The request key of `doc`'s summary."""
         messages = _messages(doc, self.role, self.template)
-        return request_key("summarizer", self.endpoint.model, messages, asdict(_sampling(self.role)))
+        return request_key("summarizer", self.endpoint.model, messages, _sampling(self.role).key())
 
     def summarize(self, doc: Document, chapters: list[Chapter]) -> ContextSummary:
         """The extractive header with the summarizer's paragraph as its summary (extractive if missing)."""

@@ -10,6 +10,7 @@ line; a request the server refuses (400, e.g. context too long) fails only that 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,14 @@ class Sampling:
     top_p: float = 0.95
     max_tokens: int = 512
     seed: int | None = None
+    json_schema: str | None = None  # JSON Schema text the answer must follow (response_format / constrained decoding)
+
+    def key(self) -> dict[str, Any]:
+        """The fields that decide an answer, for cache keys and fingerprints (an unset schema adds nothing)."""
+        fields = asdict(self)
+        if fields["json_schema"] is None:
+            del fields["json_schema"]
+        return fields
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,7 @@ class CachedChat:
         Identical requests made while the first is still in flight wait for its answer instead of
         being sent again (two chapters with the same text ask the same question).
         """
-        key = request_key(self.endpoint.role, self.endpoint.model, messages, asdict(sampling))
+        key = request_key(self.endpoint.role, self.endpoint.model, messages, sampling.key())
         if self.cache is not None and (hit := self.cache.get(key)) is not None:
             self.stats.cached += 1
             return Completion(hit["text"], hit.get("prompt_tokens", 0), hit.get("completion_tokens", 0), cached=True)
@@ -239,7 +248,10 @@ class OpenAIChatClient(CachedChat):
 
         label, role = self.endpoint.label, self.endpoint.role
         self.stats.requests += 1
-        extra = {"seed": sampling.seed} if sampling.seed is not None else {}
+        extra: dict[str, Any] = {"seed": sampling.seed} if sampling.seed is not None else {}
+        if sampling.json_schema is not None:  # vLLM, KServe's runtime and OpenAI follow it; others ignore it
+            schema = {"name": "answer", "schema": json.loads(sampling.json_schema)}
+            extra["response_format"] = {"type": "json_schema", "json_schema": schema}
         try:
             response = await self._client.chat.completions.create(
                 model=self.endpoint.model,

@@ -83,7 +83,8 @@ class LocalChatBackend(CachedChat):
 
     def _generate(self, conversations: list[list[dict[str, str]]], sampling: Sampling) -> list[Completion | Exception]:
         settings = GenerationSettings(max_new_tokens=sampling.max_tokens, temperature=sampling.temperature,
-                                      top_p=sampling.top_p, seed=sampling.seed)  # fmt: skip
+                                      top_p=sampling.top_p, seed=sampling.seed,
+                                      json_schema=sampling.json_schema)  # fmt: skip
         results: list[Completion | Exception] = []
         for item in self.generator.generate(conversations, settings):
             self.stats.requests += 1  # attempts, as for an HTTP endpoint: successes + failures (no retries here)

@@ -71,6 +71,7 @@ class ScriptedOpenAIServer:
     faults: Faults = field(default_factory=Faults)
     capacity: Capacity = field(default_factory=Capacity)
     log: list[LoggedRequest] = field(default_factory=list)
+    bodies: list[dict] = field(default_factory=list)  # every chat request's JSON body, in arrival order
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -181,6 +182,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._error(400, "request body is not JSON")
             return
+        with owner._lock:
+            owner.bodies.append(body)
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         attempt = owner._next_attempt(digest)
         if owner.api_key and self.headers.get("Authorization") != f"Bearer {owner.api_key}":

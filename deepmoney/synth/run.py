@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,17 @@ class RoleOptions:
     prompt: str | None = None  # the text of a template that replaces the built-in one
     attempts: int = 8  # tries per request
     context_tokens: int | None = None  # the endpoint's context window (a local model's is read from it)
+    structured: bool = True  # ask for lists by JSON schema (see list_schema)
+
+
+def list_schema(role: str, questions: int) -> str:
+    """The JSON schema a role's list answer is asked in: `{"items": [...]}` with bounded lengths, so that a
+    constrained small model ends its answer within its token budget."""
+    count, length = (8, 60) if role == "extractor" else (max(1, questions), 240)
+    item = {"type": "string", "minLength": 2, "maxLength": length}
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": item, "minItems": 1,
+              "maxItems": count}}, "required": ["items"], "additionalProperties": False}  # fmt: skip
+    return json.dumps(schema, sort_keys=True)
 
 
 def _default_roles() -> dict[str, RoleOptions]:
@@ -106,6 +117,7 @@ class SynthOptions:
                 prompt=prompt,
                 attempts=rc.attempts,
                 context_tokens=rc.context_tokens,
+                structured=rc.structured,
             )
         settings = {
             "questions_per_chapter": config.questions_per_chapter,
@@ -132,7 +144,9 @@ class SynthOptions:
             "prompts": self.prompt_digest(),
         }  # fmt: skip
         for role, options in self.roles.items():
-            out[f"synth.{role}.sampling"] = asdict(options.sampling)
+            out[f"synth.{role}.sampling"] = options.sampling.key()
+            if not options.structured:
+                out[f"synth.{role}.structured"] = False
             out[f"synth.{role}.context_tokens"] = options.context_tokens
         return out
 
@@ -262,6 +276,8 @@ class Synthesizer:
     ) -> tuple[list[str] | None, str]:
         """Ask `role` for a list; one repair prompt if the answer cannot be parsed. (items, reason)."""
         backend = self.backends[role]
+        if self.options.roles[role].structured:
+            sampling = replace(sampling, json_schema=list_schema(role, self.options.questions_per_chapter))
         try:
             first = await backend.chat(messages, sampling)
         except (LLMGaveUp, LLMRequestError) as exc:
