@@ -309,17 +309,13 @@ def track_sync(
         typer.echo(f"{output}: {'synced to' if sent else 'already in'} MLflow run {run_id}")
 
 
-def _market_data_url(ctx: typer.Context, url: str | None) -> str | None:
-    return url or load_config(global_options(ctx).config).marketdata.url
-
-
 def marketdata_list(
     ctx: typer.Context, url: Annotated[str | None, typer.Option("--url", help=MARKETDATA_URL_HELP)] = None
 ) -> None:
     """Print the data dictionary: one line per series (id, frequency, unit, English and Chinese names)."""
     from deepmoney.marketdata import MarketData
 
-    with MarketData.open(_market_data_url(ctx, url)) as market:
+    with MarketData.open(url or load_config(global_options(ctx).config).marketdata.url) as market:
         rows = [f"{s.id:<28}{s.frequency:<11}{s.name_en} | {s.name_zh} ({s.unit})" for s in market.catalogue()]
     typer.echo("\n".join(rows))
 

@@ -97,10 +97,11 @@ def hoist_root_options(argv: list[str], app: typer.Typer | None = None) -> list[
     Given `app`, a -q/--quiet after a verb that has no --quiet of its own is hoisted too.
     """
     root, rest = split_root_options(argv)
-    if app is not None and not _verb_has_quiet(app, rest):
-        quiet = [a for a in rest if a in QUIET_FLAGS]
+    quiet = [a for a in rest if a in QUIET_FLAGS]
+    # Only then is the command tree built to look the verb up (typer builds it again to run it).
+    if quiet and app is not None and not _verb_has_quiet(app, rest):
         root += quiet
-        rest = [a for a in rest if a not in QUIET_FLAGS] if quiet else rest
+        rest = [a for a in rest if a not in QUIET_FLAGS]
     return [*root, *rest]
 
 

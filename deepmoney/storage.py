@@ -193,7 +193,7 @@ class Storage:
                 raise StorageError(
                     f"access denied to {uri} ({code or status}); check the S3 credentials and the bucket policy"
                 ) from None
-            if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
+            if _is_not_found(exc):
                 raise StorageError(f"no such S3 object: {uri}") from None
             raise StorageError(f"S3 request for {uri} failed: {code or status}: {exc}") from None
         except BotoCoreError as exc:

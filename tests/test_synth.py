@@ -320,7 +320,7 @@ def test_roles_and_a_custom_prompt_from_the_config_file(tmp_path: Path) -> None:
 
 def test_unreachable_endpoints_warn_at_once_and_fail_without_publishing(tmp_path: Path) -> None:
     """Every role at a closed port: a warning per role as soon as retries start, then a failed run, nothing written."""
-    closed = f"http://127.0.0.1:{_closed_port()}/v1"
+    closed = f"{refused_url()}/v1"
     roles = ["--questioner", f"{closed}#q", "--answerer", f"{closed}#a", "--extractor", f"{closed}#e"]
     attempts = {f"DEEPMONEY_SYNTH__{r}__ATTEMPTS": "2" for r in ("QUESTIONER", "ANSWERER", "EXTRACTOR")}
     result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), *roles,
@@ -338,7 +338,7 @@ def test_unreachable_endpoints_warn_at_once_and_fail_without_publishing(tmp_path
 
 def test_a_dead_endpoint_stops_a_large_run_at_once_with_a_retryable_exit(tmp_path: Path) -> None:
     """All 141 chapters at a closed port: the run stops after a few given-up requests, not one per chapter."""
-    closed = f"http://127.0.0.1:{_closed_port()}/v1"
+    closed = f"{refused_url()}/v1"
     roles = ["--questioner", f"{closed}#q", "--answerer", f"{closed}#a", "--extractor", f"{closed}#e"]
     attempts = {f"DEEPMONEY_SYNTH__{r}__ATTEMPTS": "1" for r in ("QUESTIONER", "ANSWERER", "EXTRACTOR")}
     result = run_cli("synth", "--input", str(SAMPLE_CORPUS), "--output", str(tmp_path / "o"), *roles, "--quiet",
@@ -368,14 +368,6 @@ def test_non_quiet_synth_keeps_http_requests_out_of_the_log(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     assert "HTTP Request" not in result.stderr and "POST http" not in result.stderr
     assert result.stdout.startswith("sft dataset written:") and len(result.stdout.strip().splitlines()) == 4
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # closed again when the block ends: connections are refused
 
 
 def test_one_directory_spelled_two_ways_is_the_same_model(tmp_path: Path, tiny_model: Path) -> None:

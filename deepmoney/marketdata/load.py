@@ -178,20 +178,16 @@ def load_table(url: str, dictionary_file: str | Path, observations_file: str | P
     Creates the tables where they are missing. Returns {"series": entries written, "observations": rows
     written, "replaced_series": series whose observations were replaced}.
     """
-    from sqlalchemy import create_engine, make_url, select
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+    from sqlalchemy import select
+    from sqlalchemy.exc import OperationalError
 
     from deepmoney.errors import ServiceUnavailable
     from deepmoney.marketdata import schema
+    from deepmoney.marketdata.source import first_line, new_engine, parse_url
 
     infos = read_dictionary(dictionary_file)
-    try:
-        engine = create_engine(make_url(url))
-    except ArgumentError:
-        raise UserError(f"invalid market-data database URL {url!r}: expected an SQLAlchemy URL") from None
-    except (NoSuchModuleError, ModuleNotFoundError) as exc:
-        raise UserError(f"market-data database {url}: no driver for it ({exc}); install the dialect's driver") from exc
-    shown = engine.url.render_as_string(hide_password=True)
+    parsed, shown = parse_url(url)
+    engine = new_engine(parsed, shown)
     try:
         with engine.begin() as conn:
             schema.metadata.create_all(conn)
@@ -200,7 +196,7 @@ def load_table(url: str, dictionary_file: str | Path, observations_file: str | P
             rows = read_observations(observations_file, known)
             schema.write(conn, infos, rows)
     except OperationalError as exc:
-        reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        reason = first_line(exc)
         if engine.url.get_backend_name() == "sqlite":  # a bad path or a read-only file: retrying cannot help
             raise UserError(f"market-data database {shown}: {reason}; check the path in the URL") from exc
         raise ServiceUnavailable(f"market-data database {shown} failed: {reason}") from exc

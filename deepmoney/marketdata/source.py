@@ -60,34 +60,44 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "deepmoney" / "marketdata" if base else Path.home() / ".cache/deepmoney/marketdata"
 
 
-def _engine(url: str) -> tuple[Engine, str]:
-    """An engine for `url` that is known to answer, and the URL as shown in messages (password hidden)."""
+def parse_url(url: str) -> tuple[Any, str]:
+    """The parsed SQLAlchemy `url` and the URL as shown in messages (password hidden); a UserError if invalid."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise UserError(
             f"invalid market-data database URL {url!r}: expected an SQLAlchemy URL like {_URL_EXAMPLE}"
         ) from None
-    shown = parsed.render_as_string(hide_password=True)
+    return parsed, parsed.render_as_string(hide_password=True)
+
+
+def new_engine(parsed: Any, shown: str) -> Engine:
+    """An engine for the parsed URL (nothing is connected yet); a UserError when its driver is not installed."""
+    try:
+        return create_engine(parsed)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise UserError(
+            f"market-data database {shown}: no driver for it ({exc}); install the dialect's driver"
+        ) from exc
+
+
+def _engine(url: str) -> tuple[Engine, str]:
+    """An engine for `url` that is known to answer, and the URL as shown in messages (password hidden)."""
+    parsed, shown = parse_url(url)
     database = parsed.database or ""
     local = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if local and not database.startswith("file:") and not Path(database).is_file():
         # SQLite would silently create an empty database
         raise UserError(f"market-data database {shown}: no such file {database}; check the path in the URL")
-    try:
-        engine = create_engine(parsed)
-    except (NoSuchModuleError, ModuleNotFoundError) as exc:
-        raise UserError(
-            f"market-data database {shown}: no driver for it ({exc}); install the dialect's driver"
-        ) from exc
+    engine = new_engine(parsed, shown)
     try:
         with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
     except DBAPIError as exc:
         engine.dispose()
         if isinstance(exc, OperationalError) and parsed.get_backend_name() != "sqlite":
-            raise ServiceUnavailable(f"market-data database {shown} does not answer: {_first_line(exc)}") from exc
-        raise UserError(f"market-data database {shown} cannot be read: {_first_line(exc)}") from exc
+            raise ServiceUnavailable(f"market-data database {shown} does not answer: {first_line(exc)}") from exc
+        raise UserError(f"market-data database {shown} cannot be read: {first_line(exc)}") from exc
     missing = {schema.series.name, schema.observations.name} - tables
     if missing:
         engine.dispose()
@@ -204,19 +214,20 @@ class _Reading:
             self.conn = self.md.engine.connect()
         except OperationalError as exc:
             raise ServiceUnavailable(
-                f"market-data database {self.md.label} does not answer: {_first_line(exc)}"
+                f"market-data database {self.md.label} does not answer: {first_line(exc)}"
             ) from exc
         return self.conn
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> None:
         self.conn.close()
         if isinstance(exc, OperationalError):
-            raise ServiceUnavailable(f"market-data database {self.md.label} failed: {_first_line(exc)}") from exc
+            raise ServiceUnavailable(f"market-data database {self.md.label} failed: {first_line(exc)}") from exc
         if isinstance(exc, DBAPIError | SQLAlchemyError):
-            raise UserError(f"market-data database {self.md.label}: {_first_line(exc)}") from exc
+            raise UserError(f"market-data database {self.md.label}: {first_line(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error's own message (its DBAPI cause, not SQLAlchemy's wrapper)."""
     orig = getattr(exc, "orig", None) or exc
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 

@@ -270,14 +270,18 @@ class Synthesizer:
         self.labels = {role: backend.endpoint.label for role, backend in backends.items()}
         self.run_started = run_started
         self.prompt_digest = options.prompt_digest()
+        # How each role is asked for a list: its sampling, with the list schema unless it opted out.
+        self.list_sampling = {
+            role: replace(o.sampling, json_schema=list_schema(role, options.questions_per_chapter))
+            if o.structured else o.sampling
+            for role, o in options.roles.items()
+        }  # fmt: skip
 
     async def _list(
-        self, role: str, language: str | None, messages: list[dict[str, str]], sampling: Sampling
+        self, role: str, language: str | None, messages: list[dict[str, str]]
     ) -> tuple[list[str] | None, str]:
         """Ask `role` for a list; one repair prompt if the answer cannot be parsed. (items, reason)."""
-        backend = self.backends[role]
-        if self.options.roles[role].structured:
-            sampling = replace(sampling, json_schema=list_schema(role, self.options.questions_per_chapter))
+        backend, sampling = self.backends[role], self.list_sampling[role]
         try:
             first = await backend.chat(messages, sampling)
         except (LLMGaveUp, LLMRequestError) as exc:
@@ -300,7 +304,7 @@ class Synthesizer:
     async def assets(self, doc: Document, head: str) -> tuple[list[str], dict[str, Any] | None]:
         """The document's underlying assets (empty, with a rejection record, if none could be read)."""
         messages = role_messages("extractor", doc, head, self.options)
-        items, reason = await self._list("extractor", doc.language, messages, self.options.roles["extractor"].sampling)
+        items, reason = await self._list("extractor", doc.language, messages)
         if items is None:
             return [], {"kind": "assets", "doc_id": doc.doc_id, "source": doc.source, "reason": reason}
 
@@ -311,7 +315,7 @@ class Synthesizer:
         doc, opts, outcome = work.doc, self.options, _Outcome()
         where = {"doc_id": doc.doc_id, "chapter_id": work.chapter_id, "source": doc.source, "order": work.order}
         messages = role_messages("questioner", doc, work.text, opts)
-        questions, reason = await self._list("questioner", doc.language, messages, opts.roles["questioner"].sampling)
+        questions, reason = await self._list("questioner", doc.language, messages)
         if questions is None:
             outcome.rejected.append({"kind": "questions", **where, "reason": reason})
             return outcome
