@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from deepmoney.analysis.parse import parse_method, parse_sectors
 from deepmoney.analysis.prompts import Messages, analysis_messages, method_messages, sectors_messages
+from deepmoney.analysis.structured import read_analysis, read_method, read_sectors
 from deepmoney.errors import UserError
 from deepmoney.scoring import extract_numbers
 
@@ -217,12 +217,12 @@ def run_chain(news: list[NewsItem], generate: Generate, source: SeriesSource | N
     if not news:
         return []
     sectors_raw = _call(generate, [sectors_messages(n.text, n.language) for n in news], "sectors")
-    sectors = [parse_sectors(text) for text in sectors_raw]
+    sectors = [read_sectors(text) for text in sectors_raw]
     tops = [found[0] if found else "" for found in sectors]
 
     batch = [method_messages(n.text, top, n.language) for n, top in zip(news, tops, strict=True)]
     method_raw = _call(generate, batch, "method")
-    methods = [parse_method(text) for text in method_raw]
+    methods = [read_method(text) for text in method_raw]
 
     matched, passed = [], []
     for n, top, (_, requested) in zip(news, tops, methods, strict=True):
@@ -289,7 +289,7 @@ def _names_series(text: str, data: dict[str, Series]) -> bool:
 
 def chain_checks(result: ChainResult) -> dict[str, bool]:
     """Structural checks of one chain: sectors_parsed, data_named, data_used, method_nonempty."""
-    analysis = result.analysis_raw.strip()
+    analysis = read_analysis(result.analysis_raw)[0]
     return {
         "sectors_parsed": len(result.sectors) >= 1,
         "data_named": bool(result.method.strip()) and len(result.data_requested) >= 1,

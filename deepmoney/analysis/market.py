@@ -11,12 +11,26 @@ from __future__ import annotations
 
 import datetime as dt
 import unicodedata
+from dataclasses import dataclass
 
 from deepmoney.marketdata.dictionary import SeriesInfo
-from deepmoney.marketdata.source import MarketData
+from deepmoney.marketdata.source import MarketData, Observations
 
 FALLBACK_SERIES = 3
 Points = list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """One series handed to step 3: its dictionary entry, its prompt label and its observations as of a date."""
+
+    info: SeriesInfo
+    label: str
+    observations: Observations
+
+    def points(self) -> Points:
+        """(period end, value) pairs, oldest first, as the prompt's table shows them."""
+        return [(p.period_end.isoformat(), p.value) for p in self.observations.points]
 
 
 class MarketSeries:
@@ -33,15 +47,22 @@ class MarketSeries:
         `as_of` None (an undated item) reads the latest data. A series with no value yet on `as_of`
         is left out, so that the analysis is never handed an empty table.
         """
+        matched, fetched = self.fetch_for(requested, sector, as_of, language)
+        return matched, {f.label: f.points() for f in fetched}
+
+    def fetch_for(self, requested: list[str], sector: str, as_of: dt.date | None, language: str
+                  ) -> tuple[dict[str, str], list[Fetched]]:  # fmt: skip
+        """`lookup` with each series' dictionary entry and observations: (name -> label, the series fetched)."""
         found = self.market.match(requested) if requested else {}
         infos = list({info.id: info for info in found.values()}.values()) or self._of_sector(sector)
-        passed: dict[str, Points] = {}
+        fetched = []
         for info in infos:
-            points = self.market.fetch(info.id, as_of, self.window).points
-            if points:
-                passed[label(info, language)] = [(p.period_end.isoformat(), p.value) for p in points]
-        matched = {name: label(info, language) for name, info in found.items() if label(info, language) in passed}
-        return matched, passed
+            observations = self.market.fetch(info.id, as_of, self.window)
+            if observations.points:
+                fetched.append(Fetched(info, label(info, language), observations))
+        labels = {f.label for f in fetched}
+        matched = {name: label(info, language) for name, info in found.items() if label(info, language) in labels}
+        return matched, fetched
 
     def _of_sector(self, sector: str) -> list[SeriesInfo]:
         wanted = _fold(sector)
@@ -54,7 +75,17 @@ class MarketSeries:
 
 def label(info: SeriesInfo, language: str) -> str:
     """How a series is named in a prompt: its name in the item's language and its unit."""
-    return f"{info.name_zh}（{info.unit}）" if language == "zh" else f"{info.name_en} ({info.unit})"
+    return label_of(name(info, language), info.unit, language)
+
+
+def name(info: SeriesInfo, language: str) -> str:
+    """The series' name in `language`."""
+    return info.name_zh if language == "zh" else info.name_en
+
+
+def label_of(series_name: str, unit: str, language: str) -> str:
+    """A name and its unit as a prompt's table shows them: "WTI crude oil (USD per barrel)"."""
+    return f"{series_name}（{unit}）" if language == "zh" else f"{series_name} ({unit})"
 
 
 def _fold(text: str) -> str:

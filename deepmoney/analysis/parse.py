@@ -41,7 +41,8 @@ def _clean(item: str, cut_explanation: bool) -> str:
     return item
 
 
-def _dedupe(items: list[str], cut_explanation: bool, max_chars: int | None = None) -> list[str]:
+def dedupe_names(items: list[str], cut_explanation: bool, max_chars: int | None = None) -> list[str]:
+    """`items` cleaned (quotes, trailing punctuation, explanations cut), without empty or repeated names."""
     out: dict[str, str] = {}
     for raw in items:
         item = _clean(str(raw), cut_explanation)
@@ -94,10 +95,11 @@ def parse_sectors(text: str) -> list[str]:
     items = parse_list(text)
     if items is None or (len(items) == 1 and items[0].endswith(("?", "？"))):
         items = _separated(text)
-    return _dedupe(items, cut_explanation=True, max_chars=MAX_SECTOR_CHARS)
+    return dedupe_names(items, cut_explanation=True, max_chars=MAX_SECTOR_CHARS)
 
 
-def _object(text: str) -> dict | None:
+def find_object(text: str) -> dict | None:
+    """The JSON (or Python-literal) object between the first '{' and the last '}' of `text`, or None."""
     start, end = text.find("{"), text.rfind("}")
     if start == -1 or end <= start:
         return None
@@ -161,7 +163,7 @@ def _labelled(text: str) -> tuple[str, list[str]] | None:
     if names is None:
         first = next((line for line in section.splitlines() if line.strip()), "")
         names = _split(first)
-    return method.strip(), _dedupe(names, cut_explanation=False)
+    return method.strip(), dedupe_names(names, cut_explanation=False)
 
 
 def parse_method(text: str) -> tuple[str, list[str]]:
@@ -169,13 +171,13 @@ def parse_method(text: str) -> tuple[str, list[str]]:
     if not isinstance(text, str) or not text.strip():
         return "", []
     for block in [*FENCE.findall(text), text]:
-        obj = _object(block)
+        obj = find_object(block)
         if obj is not None:
             method = _as_text(_pick(obj, _METHOD_KEYS, str))
-            data = _dedupe(_names(_pick(obj, _DATA_KEYS, list)), cut_explanation=False)
+            data = dedupe_names(_names(_pick(obj, _DATA_KEYS, list)), cut_explanation=False)
             if method or data:
                 return method, data
     labelled = _labelled(text)
     if labelled is not None:
         return labelled
-    return text.strip(), _dedupe(parse_list(text) or [], cut_explanation=False)
+    return text.strip(), dedupe_names(parse_list(text) or [], cut_explanation=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deepmoney.llm.prompts import TemplateSet, fill
 
-PROMPT_VERSION = "2026-11-1"
+PROMPT_VERSION = "2026-12-1"
 STEPS = ("sectors", "method", "analysis")
 MAX_SECTORS = 5
 TEMPLATES = TemplateSet(Path(__file__).with_name("prompts"))
@@ -73,22 +73,27 @@ def format_data(data: SeriesData, language: str | None = "en") -> str:
     return "\n".join(lines) or _PLACEHOLDERS[_lang(language)]["data"]
 
 
+def quoted(news: str) -> str:
+    """News text as it goes between the templates' triple quotes: stripped, and unable to close them early."""
+    return news.strip().replace('"""', "\u201c\u201c\u201c")
+
+
 def sectors_messages(news: str, language: str) -> Messages:
-    """Step 1: which sectors or targets the news affects, as a JSON list, most affected first."""
-    return _messages("sectors", language, news=news.strip(), max_sectors=MAX_SECTORS)
+    """Step 1: which sectors or targets the news affects, as `{"sectors": [...]}`, most affected first."""
+    return _messages("sectors", language, news=quoted(news), max_sectors=MAX_SECTORS)
 
 
 def method_messages(news: str, sector: str, language: str) -> Messages:
     """Step 2: a quantitative method for `sector`, as `{"method": "...", "data": ["series name", ...]}`."""
-    return _messages("method", language, news=news.strip(), sector=sector.strip())
+    return _messages("method", language, news=quoted(news), sector=sector.strip())
 
 
 def analysis_messages(news: str, sector: str, method: str, data: SeriesData, language: str) -> Messages:
-    """Step 3: the fetched series as a table, and a request for the specific quantitative analysis with them."""
+    """Step 3: the fetched series as a table; the analysis with them, as `{"analysis": "...", "direction": ...}`."""
     return _messages(
         "analysis",
         language,
-        news=news.strip(),
+        news=quoted(news),
         sector=sector.strip(),
         method=method.strip(),
         data=format_data(data, language),
