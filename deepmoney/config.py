@@ -363,6 +363,37 @@ class MarketDataConfig(Section):
     )
 
 
+class ServingConfig(Section):
+    """The news-analysis service: its server, the LLM it asks, and the limits it holds requests to (docs/serving.md)."""
+
+    served_model_name: str = Field("deepmoney", min_length=1, description="Model name of the OpenAI-compatible API.")
+    max_batch: int = Field(32, ge=1, le=512, description="Embedded predictor: requests generated in one batch.")
+    batch_window_ms: float = Field(
+        5.0, ge=0, description="Embedded predictor: how long a batch waits for more requests to join it."
+    )
+    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature of every step (0 = greedy).")
+    sectors_max_tokens: int = Field(256, ge=32, description="Step 1's answer, in tokens.")
+    method_max_tokens: int = Field(768, ge=64, description="Step 2's answer, in tokens.")
+    analysis_max_tokens: int = Field(1536, ge=64, description="Step 3's answer, in tokens.")
+    structured: bool = Field(
+        True,
+        description="Ask every step for JSON by schema (response_format / constrained decoding); off = free text.",
+    )
+    llm_timeout_s: float = Field(300.0, gt=0, description="Seconds one LLM call may take before the step fails (504).")
+    llm_attempts: int = Field(2, ge=1, le=10, description="Tries of an LLM call that failed transiently.")
+    llm_concurrency: int = Field(128, ge=1, description="LLM calls in flight at once, over all requests.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 above).")
+    max_news_chars: int = Field(20_000, ge=100, description="Longest news text accepted (400 above).")
+    on_data_unavailable: Literal["note", "error"] = Field(
+        "note",
+        description="Market database down: 'note' answers without data and says so; 'error' answers 503.",
+    )
+
+    def max_tokens(self, step: str) -> int:
+        """The token budget of an LLM step's answer."""
+        return int(getattr(self, f"{step}_max_tokens"))
+
+
 class DeepmoneyConfig(BaseSettings):
     """The whole configuration. YAML file from `--config` or DEEPMONEY_CONFIG; env `DEEPMONEY_DATA__BLOCK_SIZE=512`."""
 
@@ -381,6 +412,7 @@ class DeepmoneyConfig(BaseSettings):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     marketdata: MarketDataConfig = Field(default_factory=MarketDataConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @classmethod
     def settings_customise_sources(

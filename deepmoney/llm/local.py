@@ -11,6 +11,7 @@ as a failed request); `fit` lets a caller cut its text to the role's token budge
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class LocalChatBackend(CachedChat):
         self.context_tokens = self.generator.context
         self._queue: asyncio.Queue[_Pending] | None = None
         self._worker: asyncio.Task | None = None
+        self.on_batch: Callable[[int], None] | None = None  # told each batch's size (the server's metrics)
 
     async def _answer(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         if self._queue is None:
@@ -70,6 +72,8 @@ class LocalChatBackend(CachedChat):
             for item in batch:
                 groups.setdefault(item.sampling, []).append(item)
             for sampling, items in groups.items():
+                if self.on_batch is not None:
+                    self.on_batch(len(items))
                 try:
                     results = await asyncio.to_thread(self._generate, [i.messages for i in items], sampling)
                 except Exception as exc:  # hand the failure to every caller of the batch
