@@ -40,6 +40,7 @@ GROUPS = {
     "marketdata": typer.Typer(
         help="The macro/micro database the news analysis reads, as of a date.", no_args_is_help=True
     ),
+    "serve": typer.Typer(help="Serve the news analysis, or render its KServe objects.", invoke_without_command=True),
 }
 MARKETDATA_URL_HELP = "SQLAlchemy URL of the database (default: marketdata.url, else the embedded default)."
 OVERWRITE_HELP = "Replace an output made from other inputs or settings (never a directory of another kind)."
@@ -365,6 +366,98 @@ def marketdata_load(
                f"({counts['replaced_series']} series replaced)")  # fmt: skip
 
 
+SERVE_STEPS_HELP = "Comma-separated steps to host (sectors,method,data,analysis); default: all, plus chain."
+
+
+def serve(
+    ctx: typer.Context,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="The LLM to serve: a model dir, train output, s3://, runs:/ or models:/N@alias."),
+    ] = None,
+    llm: Annotated[
+        str | None, typer.Option("--llm", help="Instead of --model: an OpenAI-compatible URL#MODEL the steps ask.")
+    ] = None,
+    market_data: Annotated[str | None, typer.Option("--market-data", help=MARKETDATA_URL_HELP)] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 in a pod).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8080,
+    steps: Annotated[str | None, typer.Option("--steps", help=SERVE_STEPS_HELP)] = None,
+) -> None:
+    """Serve the news analysis: a KServe ModelServer with the LLM, the step models and `chain` (Ctrl-C stops)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from deepmoney.serving.server import ServeOptions, resolve_llm, serve_forever
+
+    config = load_config(global_options(ctx).config)
+    chosen = tuple(s.strip() for s in steps.split(",") if s.strip()) if steps else None
+    options = ServeOptions(
+        config=config,
+        model_dir=resolve_llm(model, config) if model else None,
+        llm=llm,
+        market_data=market_data,
+        host=host,
+        port=port,
+        **({"steps": chosen} if chosen else {}),
+    )
+    serve_forever(options)
+
+
+def serve_render(
+    ctx: typer.Context,
+    model_uri: Annotated[str, typer.Option("--model-uri", help="storageUri of the LLM (`deepmoney registry uri`).")],
+    gpus: Annotated[int, typer.Option("--gpus", help="GPUs in all (tensor parallel = GPUs per node).")],
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes the LLM spans (more than 1 needs pvc://).")] = 1,
+    image: Annotated[
+        str | None, typer.Option("--image", help="The step models' image (default: this version's).")
+    ] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace of the objects.")] = None,
+    model_config: Annotated[
+        str | None, typer.Option("--model-config", help="The model's config.json (or its dir) to check heads against.")
+    ] = None,
+    kind: Annotated[
+        str, typer.Option("--kind", help="inferenceservice (KServe v1beta1) or llminferenceservice (v1alpha2).")
+    ] = "inferenceservice",
+    market_data_secret: Annotated[
+        str | None, typer.Option("--market-data-secret", help="Secret with key 'url': the firm's database.")
+    ] = None,
+) -> None:
+    """Print the serving objects as YAML: the LLM (tensor parallel), the step InferenceServices, the graph."""
+    from deepmoney.serving.render import render_yaml
+
+    typer.echo(render_yaml(model_uri=model_uri, gpus=gpus, nodes=nodes, image=image, namespace=namespace,
+                           model_config=model_config, kind=kind, market_data_secret=market_data_secret,
+                           served_model_name=load_config(global_options(ctx).config).serving.served_model_name),
+               nl=False)  # fmt: skip
+
+
+def analyze(
+    url: Annotated[str, typer.Option("--url", help="The server (http://127.0.0.1:8080) or, with --graph, the graph.")],
+    text: Annotated[str | None, typer.Argument(help="The news text (or --file).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="JSONL: news (or text), id, date, language.")] = None,
+    date: Annotated[
+        str | None, typer.Option("--date", help="YYYY-MM-DD the news was published (data as of then).")
+    ] = None,
+    language: Annotated[str | None, typer.Option("--language", help="en or zh (default: detected).")] = None,
+    graph: Annotated[bool, typer.Option("--graph", help="--url is an InferenceGraph's URL: post to it as is.")] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Items in flight at once.")] = 8,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for one answer.")] = 900.0,
+) -> None:
+    """Analyse news with a running chain: one JSON answer per item (sectors, answers, data, timings)."""
+    from deepmoney.serving.client import analyze as run_analyze
+    from deepmoney.serving.client import chain_url, one_item, read_items, report
+
+    if (text is None) == (file is None):
+        raise UserError("pass the news text or --file news.jsonl (one of them)")
+    if file is not None and (date or language):
+        raise UserError("--date and --language are for one text; put date and language in each line of --file")
+    items = read_items(file) if file is not None else one_item(str(text), date, language)
+    items = items if isinstance(items, list) else [items]
+    lines, error = report(run_analyze(chain_url(url, graph), items, concurrency, timeout))
+    typer.echo("\n".join(lines))
+    if error is not None:
+        raise error
+
+
 def quickstart(
     ctx: typer.Context,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
@@ -399,6 +492,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "marketdata list": marketdata_list,
     "marketdata show": marketdata_show,
     "marketdata load": marketdata_load,
+    "serve render": serve_render,
+    "analyze": analyze,
     "quickstart": quickstart,
 }
 
@@ -407,6 +502,7 @@ def _register() -> None:
     for name, function in COMMANDS.items():
         group, _, verb = name.rpartition(" ")
         (GROUPS[group] if group else app).command(verb)(function)
+    GROUPS["serve"].callback()(serve)
     for group, sub in GROUPS.items():
         app.add_typer(sub, name=group)
 

@@ -1,0 +1,75 @@
+"""`deepmoney serve render`: the serving objects for one model and GPU layout, as YAML to `kubectl apply`.
+
+The model's shape, when its config.json is given, is checked against the layout (tensor parallel
+must divide the attention heads) and sizes the start-up allowance of the probes; the step models'
+image is tied to this package's version unless another is given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from deepmoney import __version__
+from deepmoney.errors import UserError
+from deepmoney.serving.manifests import LLMSpec, StepSpec, llm_url, render, to_yaml
+
+log = logging.getLogger(__name__)
+
+IMAGE_REPOSITORY = "ghcr.io/deepmoney/deepmoney"
+BYTES_PER_PARAMETER = 2  # bf16 weights
+
+
+def default_image() -> str:
+    """The project image of this version (a pinned tag, never `latest`)."""
+    return f"{IMAGE_REPOSITORY}:{__version__.replace('+', '-')}"
+
+
+def read_model_config(path: str) -> dict[str, Any]:
+    """A Hugging Face config.json, from its path or its model directory."""
+    file = Path(path)
+    file = file / "config.json" if file.is_dir() else file
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--model-config {path}: no such file; give the model's config.json or its directory") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--model-config {path}: not a readable config.json ({exc})") from None
+    if not isinstance(config, dict) or "num_attention_heads" not in config:
+        raise UserError(f"--model-config {path}: no num_attention_heads in it; is it a causal LM's config.json?")
+    return config
+
+
+def parameters(config: dict[str, Any]) -> int:
+    """Parameters of a LLaMA-style decoder from its config (attention with GQA, SwiGLU MLP, untied embeddings)."""
+    hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+    heads = int(config["num_attention_heads"])
+    kv = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or hidden // heads)
+    intermediate = int(config.get("intermediate_size") or 4 * hidden)
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim
+    embeddings = int(config.get("vocab_size", 0)) * hidden * (1 if config.get("tie_word_embeddings") else 2)
+    return layers * (attention + 3 * hidden * intermediate) + embeddings
+
+
+def render_yaml(*, model_uri: str, gpus: int, nodes: int, image: str | None, namespace: str | None,
+                model_config: str | None, kind: str, market_data_secret: str | None,
+                served_model_name: str) -> str:  # fmt: skip
+    """The objects `render` makes, as multi-document YAML."""
+    shape: dict[str, Any] = {}
+    if model_config is not None:
+        config = read_model_config(model_config)
+        shape = {
+            "attention_heads": int(config["num_attention_heads"]),
+            "kv_heads": int(config.get("num_key_value_heads") or config["num_attention_heads"]),
+            "model_size_gb": max(1.0, parameters(config) * BYTES_PER_PARAMETER / 1e9),
+        }
+    else:
+        log.warning("no --model-config: the tensor-parallel size is not checked against the model's heads")
+    llm = LLMSpec(model_uri=model_uri, gpus=gpus, nodes=nodes, namespace=namespace,
+                  served_model_name=served_model_name, **shape)  # fmt: skip
+    steps = StepSpec(image=image or default_image(), llm_url=llm_url(llm), served_model_name=served_model_name,
+                     namespace=namespace, market_data_secret=market_data_secret)  # fmt: skip
+    return to_yaml(render(llm, steps, kind))
