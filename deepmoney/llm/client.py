@@ -245,22 +245,22 @@ class OpenAIChatClient(CachedChat):
 
     async def _once(self, messages: list[dict[str, str]], sampling: Sampling) -> Completion:
         import openai
+        from openai.types.chat import ChatCompletion
 
         label, role = self.endpoint.label, self.endpoint.role
         self.stats.requests += 1
-        extra: dict[str, Any] = {"seed": sampling.seed} if sampling.seed is not None else {}
+        body: dict[str, Any] = {"model": self.endpoint.model, "messages": messages, "temperature": sampling.temperature,
+                                "top_p": sampling.top_p, "max_tokens": sampling.max_tokens}  # fmt: skip
+        if sampling.seed is not None:
+            body["seed"] = sampling.seed
         if sampling.json_schema is not None:  # vLLM, KServe's runtime and OpenAI follow it; others ignore it
             schema = {"name": "answer", "schema": json.loads(sampling.json_schema)}
-            extra["response_format"] = {"type": "json_schema", "json_schema": schema}
+            body["response_format"] = {"type": "json_schema", "json_schema": schema}
         try:
-            response = await self._client.chat.completions.create(
-                model=self.endpoint.model,
-                messages=messages,  # type: ignore[arg-type]
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                **extra,
-            )
+            # The SDK's generic POST with the body as it is: `chat.completions.create` first walks every
+            # parameter against its TypedDict hints, ~2 ms of CPU per request on a serving hot path. The
+            # transport, errors and the typed response are the SDK's either way.
+            response = await self._client.post("/chat/completions", body=body, cast_to=ChatCompletion)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
             raise LLMFatalError(
                 f"the {role} endpoint {label} rejected the API key (HTTP {exc.status_code}); set "

@@ -54,6 +54,37 @@ def _names(info: SeriesInfo) -> Iterable[str]:
     return (info.id, info.name_en, info.name_zh, *info.aliases)
 
 
+class NameIndex:
+    """A catalogue's names, normalised and split into n-grams once, for matching many requests against it."""
+
+    def __init__(self, catalogue: list[SeriesInfo]) -> None:
+        self.exact: dict[str, SeriesInfo] = {}
+        for info in catalogue:
+            for name in _names(info):
+                self.exact.setdefault(normalise(name), info)
+        self.grams = [(info, [ngrams(name) for name in _names(info)]) for info in catalogue]
+
+    def match(self, requested: list[str], threshold: float = DEFAULT_THRESHOLD) -> dict[str, SeriesInfo]:
+        """`match_names` against this index's catalogue."""
+        found: dict[str, SeriesInfo] = {}
+        for name in requested:
+            key = normalise(name)
+            if not key:
+                continue
+            if key in self.exact:
+                found[name] = self.exact[key]
+                continue
+            wanted = ngrams(name)
+            best, best_score = None, 0.0
+            for info, options in self.grams:
+                score = max(dice(wanted, option) for option in options)
+                if score > best_score:
+                    best, best_score = info, score
+            if best is not None and best_score >= threshold:
+                found[name] = best
+        return found
+
+
 def match_names(
     requested: list[str], catalogue: list[SeriesInfo], threshold: float = DEFAULT_THRESHOLD
 ) -> dict[str, SeriesInfo]:
@@ -63,25 +94,4 @@ def match_names(
     with the highest n-gram Dice similarity to any of its names, if that reaches `threshold`. Ties go
     to the entry listed first in `catalogue`.
     """
-    exact: dict[str, SeriesInfo] = {}
-    for info in catalogue:
-        for name in _names(info):
-            exact.setdefault(normalise(name), info)
-    grams = [(info, [ngrams(name) for name in _names(info)]) for info in catalogue]
-    found: dict[str, SeriesInfo] = {}
-    for name in requested:
-        key = normalise(name)
-        if not key:
-            continue
-        if key in exact:
-            found[name] = exact[key]
-            continue
-        wanted = ngrams(name)
-        best, best_score = None, 0.0
-        for info, options in grams:
-            score = max(dice(wanted, option) for option in options)
-            if score > best_score:
-                best, best_score = info, score
-        if best is not None and best_score >= threshold:
-            found[name] = best
-    return found
+    return NameIndex(catalogue).match(requested, threshold)

@@ -22,7 +22,7 @@ from deepmoney import env
 from deepmoney.errors import ServiceUnavailable, UserError
 from deepmoney.marketdata import schema
 from deepmoney.marketdata.dictionary import SeriesInfo
-from deepmoney.marketdata.match import DEFAULT_THRESHOLD, match_names
+from deepmoney.marketdata.match import DEFAULT_THRESHOLD, NameIndex, match_names
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class MarketData:
     def __init__(self, engine: Engine, label: str) -> None:
         self.engine, self.label = engine, label
         self._catalogue: list[SeriesInfo] | None = None
+        self._index: NameIndex | None = None
 
     @classmethod
     def open(cls, url: str | None = None) -> MarketData:
@@ -175,7 +176,9 @@ class MarketData:
 
     def match(self, names: list[str], threshold: float = DEFAULT_THRESHOLD) -> dict[str, SeriesInfo]:
         """Each name (English or Chinese, as news text says it) -> the series it names; unmatched names left out."""
-        return match_names(names, self.catalogue(), threshold)
+        if self._index is None:
+            self._index = NameIndex(self.catalogue())
+        return self._index.match(names, threshold)
 
     def fetch(self, series_id: str, as_of: dt.date | None = None, window: int = DEFAULT_WINDOW) -> Observations:
         """The last `window` observations of `series_id` that were public on `as_of` (None: the latest data).
@@ -190,7 +193,10 @@ class MarketData:
         obs = schema.observations
         query = select(obs.c.period_end, obs.c.value).where(obs.c.series_id == series_id)
         if as_of is not None:
-            query = query.where(obs.c.available_at <= as_of)
+            # period_end <= available_at (load_table refuses anything else), so the bound on period_end adds
+            # no condition; it lets the database walk the primary key back from as_of and stop after `window`
+            # rows instead of sorting every public observation (4 ms -> 0.04 ms on a daily series).
+            query = query.where(obs.c.available_at <= as_of, obs.c.period_end <= as_of)
         query = query.order_by(obs.c.period_end.desc()).limit(window)
         with self._reading() as conn:
             rows = conn.execute(query).all()
