@@ -386,7 +386,12 @@ def serve(
     """Serve the news analysis: a KServe ModelServer with the LLM, the step models and `chain` (Ctrl-C stops)."""
     if ctx.invoked_subcommand is not None:
         return
-    from deepmoney.serving.server import ServeOptions, resolve_llm, serve_forever
+    try:
+        from deepmoney.serving.server import ServeOptions, resolve_llm, serve_forever
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("kserve"):
+            raise
+        raise UserError("deepmoney serve needs KServe: install the serve extra (scripts/install.sh serve)") from None
 
     config = load_config(global_options(ctx).config)
     chosen = tuple(s.strip() for s in steps.split(",") if s.strip()) if steps else None

@@ -15,6 +15,7 @@ PREFIX = "DEEPMONEY_"
 NESTED_DELIMITER = "__"  # DEEPMONEY_DATA__BLOCK_SIZE=512 sets data.block_size
 CONFIG = "DEEPMONEY_CONFIG"  # the YAML config file, when --config is not given
 LOG_LEVEL = "DEEPMONEY_LOG_LEVEL"  # overrides the level --quiet/--verbose choose
+LOG_FORMAT = "DEEPMONEY_LOG_FORMAT"  # "text" (default) or "json": one JSON object per record, for log collectors
 LAUNCHED = "DEEPMONEY_LAUNCHED"  # set by the local launcher in the ranks it starts
 LAUNCH_ATTEMPT = "DEEPMONEY_LAUNCH_ATTEMPT"  # which start of the ranks this is (0 = the first)
 VENV = "DEEPMONEY_VENV"  # the virtual environment scripts/install.sh installs into
@@ -31,10 +32,10 @@ def role_api_key_file(role: str) -> str:
     return role_api_key(role) + "_FILE"
 
 
-ROLES_WITH_KEYS = ("questioner", "answerer", "extractor", "summarizer")
+ROLES_WITH_KEYS = ("questioner", "answerer", "extractor", "summarizer", "llm")  # llm: `deepmoney serve --llm`
 # DEEPMONEY_* variables that are not configuration values (anything else with the prefix must be one).
 NOT_CONFIG = frozenset(
-    {CONFIG, LOG_LEVEL, LAUNCHED, LAUNCH_ATTEMPT, VENV}
+    {CONFIG, LOG_LEVEL, LOG_FORMAT, LAUNCHED, LAUNCH_ATTEMPT, VENV}
     | {role_api_key(r) for r in ROLES_WITH_KEYS}
     | {role_api_key_file(r) for r in ROLES_WITH_KEYS}
 )

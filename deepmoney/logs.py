@@ -4,6 +4,7 @@ stdout carries a command's result only, so library chatter is kept off it and qu
 clients and MLflow at WARNING, progress bars of the Hugging Face libraries off under --quiet.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -17,17 +18,33 @@ NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "filelock", "datasets", "
          "openai", "mlflow", "alembic", "git", "torch.distributed")  # fmt: skip
 
 
+# Fields a record may carry (`log.info(..., extra={"request_id": rid})`) that the JSON format keeps.
+CONTEXT_FIELDS = ("request_id", "step", "status")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, and the context fields it carries."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}  # fmt: skip
+        out |= {k: getattr(record, k) for k in CONTEXT_FIELDS if getattr(record, k, None) is not None}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
-    """Send log records to stderr; `DEEPMONEY_LOG_LEVEL` overrides the level chosen by the flags."""
+    """Send log records to stderr; `DEEPMONEY_LOG_LEVEL` overrides the level chosen by the flags, and
+    `DEEPMONEY_LOG_FORMAT=json` writes one JSON object per record (what a cluster's log collector parses)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     level_name = (env.get(env.LOG_LEVEL) or logging.getLevelName(level)).upper()
-    logging.basicConfig(
-        level=level_name,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        force=True,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if (env.get(env.LOG_FORMAT) or "text").lower() == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level_name, handlers=[handler], force=True)
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level_name)))
     if quiet:

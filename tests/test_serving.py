@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from deepmoney.analysis.prompts import format_value
 from deepmoney.analysis.structured import step_schema
 from deepmoney.config import load_config
 from deepmoney.llm.scripted_server import Faults, ScriptedOpenAIServer
@@ -112,7 +113,7 @@ def test_the_chain_answers_with_every_part(service: str, llm: ScriptedOpenAIServ
     # Step 3 was given exactly the values the response reports, and its answer cites them.
     wti = next(s for s in body["data"] if s["id"] == "us.oil.wti.daily")
     prompt = _analysis_prompts(llm, news)[-1]
-    assert "; ".join(f"{p} {v:g}" for p, v in wti["values"][:3]) in prompt.replace(".0;", ";")
+    assert "; ".join(f"{p} {format_value(v)}" for p, v in wti["values"]) in prompt
     assert str(wti["values"][-1][1]) in body["analysis"] and body["direction"] == "negative"
     assert set(body["timings_ms"]) == {"sectors", "method", "data", "analysis", "chain"}
     assert set(body["llm_ms"]) == {"sectors", "method", "analysis"}
@@ -154,7 +155,7 @@ def test_no_value_after_the_news_date_reaches_a_step_or_the_response(service: st
             assert series["as_of"] == item["date"]
             assert series["values"] and all(period <= item["date"] for period, _ in series["values"]), series["id"]
         # What the LLM saw: every period in step 3's table is on or before the news date.
-        prompts = [p for p in _analysis_prompts(llm, news[:200].strip()[:200])]
+        prompts = _analysis_prompts(llm, news.strip()[:200])
         assert prompts
         table = prompts[-1].split("period value; ...):", 1)[1]
         periods = ISO_DAY.findall(table)
@@ -341,3 +342,28 @@ def test_market_database_down(llm: ScriptedOpenAIServer, tmp_path: Path, mode: s
         else:
             assert response.status_code == 503 and response.json()["step"] == "data"
         assert httpx2.get(server.url + "/v2/health/ready").status_code == 200
+
+
+def test_step_logs_carry_the_request_id_as_json(caplog: pytest.LogCaptureFixture, service: str) -> None:
+    import logging
+
+    from deepmoney.logs import JsonFormatter
+
+    with caplog.at_level(logging.INFO, logger="deepmoney.serving"):
+        _post(service, {"news": "Oil rose."}, headers={"x-request-id": "trace-77"})
+    records = [r for r in caplog.records if getattr(r, "request_id", None) == "trace-77"]
+    assert {r.step for r in records} == {"sectors", "method", "data", "analysis"}
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["request_id"] == "trace-77" and line["step"] in ("sectors", "method", "data", "analysis")
+    assert line["level"] == "INFO" and "trace-77" in line["message"]
+
+
+def test_serve_without_kserve_says_which_extra_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['kserve'] = None\nfrom deepmoney.cli import main\n"
+            "main(['serve', '--llm', 'http://127.0.0.1:9/v1#m'])")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "install the serve extra" in result.stderr

@@ -14,7 +14,7 @@ from typing import Any
 
 from deepmoney import __version__
 from deepmoney.errors import UserError
-from deepmoney.serving.manifests import LLMSpec, StepSpec, llm_url, render, to_yaml
+from deepmoney.serving.manifests import LLMSpec, StepSpec, llm_url, render, router_headers_note, to_yaml
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def parameters(config: dict[str, Any]) -> int:
 def render_yaml(*, model_uri: str, gpus: int, nodes: int, image: str | None, namespace: str | None,
                 model_config: str | None, kind: str, market_data_secret: str | None,
                 served_model_name: str) -> str:  # fmt: skip
-    """The objects `render` makes, as multi-document YAML."""
+    """The objects `render` makes, as multi-document YAML, after the ConfigMap change request ids need (comments)."""
     shape: dict[str, Any] = {}
     if model_config is not None:
         config = read_model_config(model_config)
@@ -72,4 +72,5 @@ def render_yaml(*, model_uri: str, gpus: int, nodes: int, image: str | None, nam
                   served_model_name=served_model_name, **shape)  # fmt: skip
     steps = StepSpec(image=image or default_image(), llm_url=llm_url(llm), served_model_name=served_model_name,
                      namespace=namespace, market_data_secret=market_data_secret)  # fmt: skip
-    return to_yaml(render(llm, steps, kind))
+    note = "\n".join(line if line.startswith("#") else f"#   {line}" for line in router_headers_note().splitlines())
+    return f"{note}\n{to_yaml(render(llm, steps, kind))}"

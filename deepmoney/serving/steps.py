@@ -247,7 +247,8 @@ class StepModel(Model):
         elapsed = time.perf_counter() - started
         metrics.STEP_SECONDS.labels(self.ctx.llm.model, self.step).observe(elapsed)
         payload.timings_ms[self.step] = round(elapsed * 1000, 3)
-        log.info("request %s: step %s done in %.0f ms", payload.request_id, self.step, elapsed * 1000)
+        log.info("request %s: step %s done in %.0f ms", payload.request_id, self.step, elapsed * 1000,
+                 extra={"request_id": payload.request_id, "step": self.step})  # fmt: skip
         return payload
 
 
