@@ -203,6 +203,7 @@ BAD_INPUTS = [
     (b'{"news": "Oil rose.", "language": "fr"}', 400, "language 'fr' is not supported"),
     (b'{"news": "Oil rose.", "date": "yesterday"}', 400, "field 'date'"),
     (b'{"news": "Oil rose.", "schema": {"type": "string"}}', 400, "unknown field 'schema'"),
+    (b'{"news": "Oil rose.", "data": []}', 400, "'data' is written by the chain's steps"),
     (json.dumps({"news": "x" * 20_001}).encode(), 400, "the limit is 20000"),
 ]
 

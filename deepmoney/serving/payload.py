@@ -130,6 +130,18 @@ def parse_payload(body: Any, max_news_chars: int) -> ChainPayload:
     return payload
 
 
+REQUEST_FIELDS = frozenset({"news", "date", "language", "id", "request_id"})
+
+
+def check_request_only(payload: ChainPayload) -> None:
+    """BadRequest when a request to the whole chain carries fields its steps write (answers, data, ...)."""
+    owned = sorted(payload.model_fields_set - REQUEST_FIELDS)
+    if owned:
+        raise BadRequest(
+            f"field {owned[0]!r} is written by the chain's steps; a request to the chain has news, date, language, id"
+        )
+
+
 def dump(payload: ChainPayload) -> dict[str, Any]:
     """The payload as the JSON a step returns."""
     return payload.model_dump(mode="json")

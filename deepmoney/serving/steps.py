@@ -37,6 +37,7 @@ from deepmoney.serving.payload import (
     SectorOut,
     SeriesOut,
     Stopped,
+    check_request_only,
     dump,
     parse_payload,
 )
@@ -267,6 +268,7 @@ class ChainModel(Model):
     async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> dict[str, Any]:
         """Every step in order on one payload; a failing step fails the request, naming itself."""
         parsed = parse_payload(payload, self.steps[0].ctx.config.max_news_chars)
+        check_request_only(parsed)
         started = time.perf_counter()
         try:
             for step in self.steps:
