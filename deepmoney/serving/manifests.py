@@ -47,6 +47,7 @@ from typing import Any
 
 import yaml
 
+from deepmoney import env as deepmoney_env
 from deepmoney.errors import UserError
 from deepmoney.serving.payload import REQUEST_ID_HEADER, STEPS
 
@@ -479,7 +480,10 @@ def _check_steps(spec: StepSpec) -> None:
 
 
 def _step_env(spec: StepSpec, step: str) -> list[dict]:
-    env: list[dict] = [{"name": "HOME", "value": "/tmp"}]  # the root filesystem is read-only: caches go to /tmp
+    env: list[dict] = [
+        {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only: caches go to /tmp
+        {"name": deepmoney_env.LOG_FORMAT, "value": "json"},  # one JSON object per log record, request ids in it
+    ]
     if spec.market_data_secret and step == "data":
         # A reference, never the value: the URL may carry a password.
         ref = {"name": spec.market_data_secret, "key": "url"}
