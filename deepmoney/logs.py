@@ -14,8 +14,9 @@ import warnings
 from deepmoney import env
 
 # Libraries that log every HTTP call, file lock or migration at INFO; our log is about our work.
+# kserve.trace: KServe's two timing lines per request (the serving steps log one line each).
 NOISY = ("botocore", "boto3", "urllib3", "s3transfer", "filelock", "datasets", "httpx", "httpx2", "httpcore",
-         "openai", "mlflow", "alembic", "git", "torch.distributed")  # fmt: skip
+         "openai", "mlflow", "alembic", "git", "torch.distributed", "kserve.trace")  # fmt: skip
 
 
 # Fields a record may carry (`log.info(..., extra={"request_id": rid})`) that the JSON format keeps.

@@ -368,3 +368,12 @@ def test_serve_without_kserve_says_which_extra_to_install() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "install the serve extra" in result.stderr
+
+
+def test_a_body_sent_without_a_json_content_type_is_still_read(service: str) -> None:
+    """What `curl -d` sends: a JSON body labelled as a form."""
+    form = httpx2.post(service + CHAIN, content=b'{"news": "Oil rose 2%.", "date": "2012-03-01"}',
+                       headers={"content-type": "application/x-www-form-urlencoded"}, timeout=60)  # fmt: skip
+    assert form.status_code == 200 and form.json()["sectors"]
+    text = httpx2.post(service + CHAIN, content=b"news=Oil+rose", headers={"content-type": "text/plain"}, timeout=60)
+    assert text.status_code == 400 and "Content-Type: application/json" in text.json()["error"]

@@ -10,6 +10,7 @@ prompts or schemas into a step.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from typing import Any, Literal
 
@@ -110,6 +111,11 @@ def _first_error(exc: ValidationError) -> str:
 
 def parse_payload(body: Any, max_news_chars: int) -> ChainPayload:
     """The payload of a request body (a decoded JSON value), checked; BadRequest (400) with one line otherwise."""
+    if isinstance(body, (bytes, str)):  # KServe leaves a body it was not told is JSON undecoded (curl -d ...)
+        try:
+            body = json.loads(body)
+        except ValueError:
+            raise BadRequest('the body is not JSON: send Content-Type: application/json and {"news": "..."}') from None
     if not isinstance(body, dict):
         raise BadRequest(f'the body must be a JSON object such as {{"news": "..."}}, not {type(body).__name__}')
     try:

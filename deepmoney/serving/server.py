@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import signal
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -212,6 +213,11 @@ class ChainServer:
     async def serve(self) -> None:
         """Serve until stopped (SIGINT/SIGTERM or `stop`)."""
         self._finish_app()
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the handler it
+            # found: the CLI's would report an interrupted run. A server that stopped cleanly exits 0.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: None)
         log.info("serving %s on %s", ", ".join(self.models), self.url)
         try:
             await self.rest._server.serve(sockets=[self.sock])
@@ -219,6 +225,7 @@ class ChainServer:
             await self.context.aclose()
             if self.predictor is not None:
                 await self.predictor.unload_backend()
+            log.info("stopped")
 
     def stop(self) -> None:
         """Ask the server to finish its requests and stop."""
