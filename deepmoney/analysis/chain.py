@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -142,25 +142,30 @@ def _item(record: object, where: str) -> NewsItem:
     )
 
 
-def load_news(path: str | Path | None = None) -> list[NewsItem]:
-    """News items from a JSONL file, one object per line; None reads the built-in evaluation set."""
-    path = NEWS_EVAL if path is None else Path(path)
+def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
+    """(line number, "path:line", decoded value) of each non-blank line of a JSONL news file; one-line UserErrors."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: no such news file; give a JSONL file of news items") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the news file ({exc})") from None
-    items: list[NewsItem] = []
-    seen: set[str] = set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
         try:
-            record = json.loads(line)
+            yield number, where, json.loads(line)
         except ValueError as exc:
             raise UserError(f"{where}: not valid JSON ({exc.args[0] if exc.args else exc})") from None
+
+
+def load_news(path: str | Path | None = None) -> list[NewsItem]:
+    """News items from a JSONL file, one object per line; None reads the built-in evaluation set."""
+    path = NEWS_EVAL if path is None else Path(path)
+    items: list[NewsItem] = []
+    seen: set[str] = set()
+    for _, where, record in json_lines(path):
         item = _item(record, where)
         if item.id in seen:
             raise UserError(f"{where}: duplicate id {item.id!r}")

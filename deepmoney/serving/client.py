@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from deepmoney.analysis.chain import json_lines
 from deepmoney.errors import ServiceUnavailable, UserError
 
 log = logging.getLogger(__name__)
@@ -47,22 +48,10 @@ def chain_url(url: str, graph: bool = False) -> str:
 
 def read_items(path: Path) -> list[dict[str, Any]]:
     """News items of a JSONL file: `news` (or `text`), and optional `id`, `date`, `language`."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"--file {path}: no such file; give a JSONL file with one news item per line") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"--file {path}: cannot read it ({exc})") from None
     items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise UserError(f"{path}:{number}: not valid JSON") from None
+    for number, where, record in json_lines(path):
         if not isinstance(record, dict) or not isinstance(record.get("news", record.get("text")), str):
-            raise UserError(f"{path}:{number}: expected an object with a 'news' (or 'text') string")
+            raise UserError(f"{where}: expected an object with a 'news' (or 'text') string")
         item = {"news": record.get("news", record.get("text")), "id": str(record.get("id", number))}
         for key in ("date", "language"):
             if record.get(key) is not None:
