@@ -155,8 +155,8 @@ class CachedChat:
         raise NotImplementedError
 
 
-def _http_client(concurrency: int) -> Any:
-    """Keep-alive connections for every concurrent request, with Nagle's algorithm off.
+def nodelay_transport(limits: Any) -> Any:
+    """An httpx transport with `limits` and Nagle's algorithm off.
 
     The HTTP stack writes a request's headers and body separately; with Nagle on, the body waits
     for the server's delayed ACK (40 ms on Linux) — on a 200 ms request, a fifth of the throughput.
@@ -164,11 +164,17 @@ def _http_client(concurrency: int) -> Any:
     import socket
 
     import httpx2
+
+    return httpx2.AsyncHTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+
+
+def _http_client(concurrency: int) -> Any:
+    """Keep-alive connections for every concurrent request, with Nagle's algorithm off."""
+    import httpx2
     from openai import DefaultAsyncHttpxClient
 
     limits = httpx2.Limits(max_connections=max(100, concurrency), max_keepalive_connections=max(20, concurrency))
-    transport = httpx2.AsyncHTTPTransport(limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-    return DefaultAsyncHttpxClient(transport=transport, limits=limits)
+    return DefaultAsyncHttpxClient(transport=nodelay_transport(limits), limits=limits)
 
 
 class OpenAIChatClient(CachedChat):

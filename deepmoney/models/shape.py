@@ -7,6 +7,14 @@ from pathlib import Path
 from deepmoney.errors import UserError
 
 
+def decoder_parameters(*, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int,
+                       tied: bool, head_dim: int | None = None) -> int:  # fmt: skip
+    """Parameters of a LLaMA-style decoder: attention with grouped KV heads, a SwiGLU MLP, embeddings (and head)."""
+    head_dim = head_dim or hidden // heads
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    return layers * (attention + 3 * hidden * intermediate) + vocab * hidden * (1 if tied else 2)
+
+
 def model_shape(model_dir: Path) -> dict[str, int]:
     """Sizes the memory and FLOP estimates and the data checks need (vocab = embedding rows)."""
     from transformers import AutoConfig
@@ -16,10 +24,11 @@ def model_shape(model_dir: Path) -> dict[str, int]:
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the model config in {model_dir}: {str(exc).splitlines()[0]}") from None
     hidden, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
-    inter = getattr(c, "intermediate_size", 4 * hidden)
-    kv = getattr(c, "num_key_value_heads", c.num_attention_heads) * (hidden // c.num_attention_heads)
-    per_layer = hidden * (2 * hidden + 2 * kv) + 3 * hidden * inter
-    embed = vocab * hidden * (1 if getattr(c, "tie_word_embeddings", False) else 2)
+    parameters = decoder_parameters(
+        hidden=hidden, layers=layers, heads=c.num_attention_heads, vocab=vocab,
+        kv_heads=getattr(c, "num_key_value_heads", c.num_attention_heads),
+        intermediate=getattr(c, "intermediate_size", 4 * hidden), tied=getattr(c, "tie_word_embeddings", False),
+    )  # fmt: skip
     return {"hidden": hidden, "layers": layers, "vocab": vocab, "heads": c.num_attention_heads,
-            "parameters": layers * per_layer + embed,
+            "parameters": parameters,
             "positions": int(getattr(c, "max_position_embeddings", 2**31))}  # fmt: skip

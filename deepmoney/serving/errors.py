@@ -18,6 +18,7 @@ class ServingError(Exception):
     """A request that fails with `status` and a one-line `message` (and the step it failed in, if any)."""
 
     status = 500
+    request_id: str | None = None  # set by the step that failed, for the error body and the log line
 
     def __init__(self, message: str, step: str | None = None, status: int | None = None) -> None:
         super().__init__(message)

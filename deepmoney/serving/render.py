@@ -14,6 +14,7 @@ from typing import Any
 
 from deepmoney import __version__
 from deepmoney.errors import UserError
+from deepmoney.models.shape import decoder_parameters
 from deepmoney.serving.manifests import LLMSpec, StepSpec, llm_url, render, router_headers_note, to_yaml
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,14 @@ def read_model_config(path: str) -> dict[str, Any]:
 
 
 def parameters(config: dict[str, Any]) -> int:
-    """Parameters of a LLaMA-style decoder from its config (attention with GQA, SwiGLU MLP, untied embeddings)."""
-    hidden, layers = int(config["hidden_size"]), int(config["num_hidden_layers"])
+    """Parameters of a LLaMA-style decoder from its config.json (the count `models.shape` makes for training)."""
     heads = int(config["num_attention_heads"])
-    kv = int(config.get("num_key_value_heads") or heads)
-    head_dim = int(config.get("head_dim") or hidden // heads)
-    intermediate = int(config.get("intermediate_size") or 4 * hidden)
-    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim
-    embeddings = int(config.get("vocab_size", 0)) * hidden * (1 if config.get("tie_word_embeddings") else 2)
-    return layers * (attention + 3 * hidden * intermediate) + embeddings
+    return decoder_parameters(
+        hidden=int(config["hidden_size"]), layers=int(config["num_hidden_layers"]), heads=heads,
+        kv_heads=int(config.get("num_key_value_heads") or heads), vocab=int(config.get("vocab_size", 0)),
+        intermediate=int(config.get("intermediate_size") or 4 * int(config["hidden_size"])),
+        tied=bool(config.get("tie_word_embeddings")), head_dim=config.get("head_dim"),
+    )  # fmt: skip
 
 
 def render_yaml(*, model_uri: str, gpus: int, nodes: int, image: str | None, namespace: str | None,

@@ -39,7 +39,7 @@ from deepmoney.errors import UserError  # noqa: E402
 from deepmoney.llm.roles import Endpoint, parse_endpoint  # noqa: E402
 from deepmoney.serving.errors import ServingError, TooLarge  # noqa: E402
 from deepmoney.serving.openai_api import OPENAI_PREFIX, LLMPredictor, OpenAIError, openai_router  # noqa: E402
-from deepmoney.serving.payload import STEPS  # noqa: E402
+from deepmoney.serving.payload import REQUEST_ID_HEADER, STEPS  # noqa: E402
 from deepmoney.serving.steps import ChainModel, StepContext, StepModel  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class BodyLimit:
 
 async def _serving_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServingError)
-    request_id = getattr(exc, "request_id", None) or request.headers.get("x-request-id")
+    request_id = exc.request_id or request.headers.get(REQUEST_ID_HEADER)
     log_at = logging.WARNING if exc.status >= 500 else logging.INFO
     log.log(log_at, "request %s: %s %s -> %d: %s", request_id or "-", request.method, request.url.path, exc.status,
             exc.message, extra={"request_id": request_id, "step": exc.step, "status": exc.status})  # fmt: skip

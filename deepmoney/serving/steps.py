@@ -243,7 +243,7 @@ class StepModel(Model):
             await self.hook(payload, self.ctx)
         except ServingError as exc:
             metrics.STEP_FAILURES.labels(self.step, str(exc.status)).inc()
-            exc.request_id = payload.request_id  # type: ignore[attr-defined]
+            exc.request_id = payload.request_id
             raise
         elapsed = time.perf_counter() - started
         metrics.STEP_SECONDS.labels(self.ctx.llm.model, self.step).observe(elapsed)
