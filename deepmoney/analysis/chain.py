@@ -12,12 +12,11 @@ sector named, were data series named, does the analysis use the data it was give
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +24,7 @@ from typing import Protocol
 from deepmoney.analysis.prompts import Messages, analysis_messages, method_messages, sectors_messages
 from deepmoney.analysis.structured import read_analysis, read_method, read_sectors
 from deepmoney.errors import UserError
+from deepmoney.jsonl import json_lines
 from deepmoney.scoring import extract_numbers
 
 log = logging.getLogger(__name__)
@@ -140,24 +140,6 @@ def _item(record: object, where: str) -> NewsItem:
         expected_sectors=[str(s) for s in expected],
         date=date,
     )
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, str, object]]:
-    """(line number, "path:line", decoded value) of each non-blank line of a JSONL news file; one-line UserErrors."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such news file; give a JSONL file of news items") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the news file ({exc})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            yield number, where, json.loads(line)
-        except ValueError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.args[0] if exc.args else exc})") from None
 
 
 def load_news(path: str | Path | None = None) -> list[NewsItem]:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from deepmoney.analysis.chain import json_lines
 from deepmoney.errors import ServiceUnavailable, UserError
+from deepmoney.jsonl import json_lines
 from deepmoney.llm.client import nodelay_transport
 
 log = logging.getLogger(__name__)
