@@ -41,6 +41,10 @@ GROUPS = {
         help="The macro/micro database the news analysis reads, as of a date.", no_args_is_help=True
     ),
     "serve": typer.Typer(help="Serve the news analysis, or render its KServe objects.", invoke_without_command=True),
+    "intake": typer.Typer(
+        help="News intake: the subjective/objective classifier and near-duplicates, before the chain.",
+        no_args_is_help=True,
+    ),
 }
 MARKETDATA_URL_HELP = "SQLAlchemy URL of the database (default: marketdata.url, else the embedded default)."
 OVERWRITE_HELP = "Replace an output made from other inputs or settings (never a directory of another kind)."
@@ -366,7 +370,7 @@ def marketdata_load(
                f"({counts['replaced_series']} series replaced)")  # fmt: skip
 
 
-SERVE_STEPS_HELP = "Comma-separated steps to host (sectors,method,data,analysis); default: all, plus chain."
+SERVE_STEPS_HELP = "Comma-separated steps to host (intake,sectors,method,data,analysis); default: all, plus chain."
 
 
 def serve(
@@ -382,6 +386,10 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0 in a pod).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8080,
     steps: Annotated[str | None, typer.Option("--steps", help=SERVE_STEPS_HELP)] = None,
+    intake_model: Annotated[
+        str | None,
+        typer.Option("--intake-model", help="The intake classifier (intake train's output): the chain starts with it."),
+    ] = None,
 ) -> None:
     """Serve the news analysis: a KServe ModelServer with the LLM, the step models and `chain` (Ctrl-C stops)."""
     if ctx.invoked_subcommand is not None:
@@ -402,6 +410,7 @@ def serve(
         market_data=market_data,
         host=host,
         port=port,
+        intake_model=intake_model,
         **({"steps": chosen} if chosen else {}),
     )
     serve_forever(options)
@@ -425,13 +434,18 @@ def serve_render(
     market_data_secret: Annotated[
         str | None, typer.Option("--market-data-secret", help="Secret with key 'url': the firm's database.")
     ] = None,
+    intake_model_uri: Annotated[
+        str | None,
+        typer.Option("--intake-model-uri", help="storageUri of the intake classifier: the graph starts with it."),
+    ] = None,
 ) -> None:
     """Print the serving objects as YAML: the LLM (tensor parallel), the step InferenceServices, the graph."""
     from deepmoney.serving.render import render_yaml
 
     typer.echo(render_yaml(model_uri=model_uri, gpus=gpus, nodes=nodes, image=image, namespace=namespace,
                            model_config=model_config, kind=kind, market_data_secret=market_data_secret,
-                           served_model_name=load_config(global_options(ctx).config).serving.served_model_name),
+                           served_model_name=load_config(global_options(ctx).config).serving.served_model_name,
+                           intake_model_uri=intake_model_uri),
                nl=False)  # fmt: skip
 
 
@@ -461,6 +475,56 @@ def analyze(
     typer.echo("\n".join(lines))
     if error is not None:
         raise error
+
+
+def intake_train(
+    ctx: typer.Context,
+    output: Annotated[str, typer.Option("--output", "-o", help="Directory to write the classifier to.")],
+    data: Annotated[
+        list[Path] | None,
+        typer.Option("--data", help="Labelled JSONL (text, label, language); default: the set deepmoney ships."),
+    ] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="Register it in MLflow as intake.registered_name (needs a server).")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
+) -> None:
+    """Train the subjective/objective classifier; print its held-out accuracy and F1 (JSON)."""
+    from deepmoney.intake.train import train_intake_classifier
+
+    options = global_options(ctx)
+    config = load_config(options.config)
+    result = train_intake_classifier(output, data or None, config, strict_tracking=register, overwrite=overwrite,
+                                     quiet=options.quiet)  # fmt: skip
+    manifest = result.manifest
+    summary: dict[str, Any] = {"output": result.output, "reused": result.reused, "metrics": manifest.metrics,
+                               "train_examples": manifest.train_examples, "heldout_examples": manifest.heldout_examples,
+                               "mlflow_run_id": manifest.mlflow_run_id}  # fmt: skip
+    if register:
+        from deepmoney.registry import register as run_register
+
+        if manifest.mlflow_run_id is None:
+            raise UserError(f"{output} was trained without MLflow, so it cannot be registered; "
+                            "train it again with MLFLOW_TRACKING_URI set (--overwrite)")  # fmt: skip
+        summary["registered"] = run_register(manifest.mlflow_run_id, config.intake.registered_name, config)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def intake_run(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option("--model", help="The classifier directory (intake train's output).")],
+    input_path: Annotated[Path, typer.Option("--input", help="JSONL news: id, text, optional date.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Directory for verdicts.jsonl and forward.jsonl.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
+) -> None:
+    """Label every item (objective/subjective, duplicate of), resumably; print the counts (JSON)."""
+    from deepmoney.intake.stream import run_intake
+
+    options = global_options(ctx)
+    manifest = run_intake(model, input_path, output, load_config(options.config), quiet=options.quiet,
+                          overwrite=overwrite)  # fmt: skip
+    keys = ("items", "objective", "subjective", "duplicates", "forwarded", "resumed")
+    typer.echo(json.dumps({"output": output, **{k: getattr(manifest, k) for k in keys}}, indent=2))
 
 
 def quickstart(
@@ -499,6 +563,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "marketdata load": marketdata_load,
     "serve render": serve_render,
     "analyze": analyze,
+    "intake train": intake_train,
+    "intake run": intake_run,
     "quickstart": quickstart,
 }
 

@@ -363,6 +363,31 @@ class MarketDataConfig(Section):
     )
 
 
+class QuantConfig(Section):
+    """Step 3's computed figures: the toolbox run on series fetched as of the news date (docs/serving.md)."""
+
+    enabled: bool = Field(True, description="Run the analysis specification step 3 writes and return its figures.")
+    market_series: str = Field(
+        "us.sp500.close", min_length=1, description="The market index an event study's market model regresses on."
+    )
+    history: int = Field(
+        250,
+        ge=20,
+        le=5000,
+        description="Observations fetched per series (as of the news date) for regressions, "
+        "correlations, Granger tests and VARs; event studies fetch what their windows need.",
+    )
+    chart: bool = Field(True, description="Return a PNG chart of the series around the event (base64).")
+    sandbox: bool = Field(
+        False,
+        description="Also ask step 3 for a short program and run it in the sandbox (no network, scratch "
+        "directory only, CPU and memory limits, numpy/pandas/statsmodels only); off by default.",
+    )
+    sandbox_cpu_seconds: int = Field(10, ge=1, le=600, description="CPU-time limit of a sandboxed program.")
+    sandbox_wall_seconds: float = Field(20.0, gt=0, le=600, description="Wall-clock limit of a sandboxed program.")
+    sandbox_memory_mb: int = Field(1024, ge=256, le=65536, description="Address-space limit of a sandboxed program.")
+
+
 class ServingConfig(Section):
     """The news-analysis service: its server, the LLM it asks, and the limits it holds requests to (docs/serving.md)."""
 
@@ -388,10 +413,56 @@ class ServingConfig(Section):
         "note",
         description="Market database down: 'note' answers without data and says so; 'error' answers 503.",
     )
+    quant: QuantConfig = Field(default_factory=QuantConfig)
 
     def max_tokens(self, step: str) -> int:
         """The token budget of an LLM step's answer."""
         return int(getattr(self, f"{step}_max_tokens"))
+
+
+class ClassifierConfig(Section):
+    """`deepmoney intake train`: the small BERT-class subjective/objective classifier trained from scratch."""
+
+    hidden_size: int = Field(128, ge=16, le=1024, description="Width of the encoder.")
+    layers: int = Field(2, ge=1, le=12, description="Transformer layers.")
+    heads: int = Field(4, ge=1, le=16, description="Attention heads (must divide hidden_size).")
+    vocab_size: int = Field(6000, ge=256, le=60000, description="WordPiece vocabulary trained on the training split.")
+    max_length: int = Field(128, ge=16, le=512, description="Tokens per sentence (longer ones are cut).")
+    epochs: int = Field(8, ge=1, le=200, description="Passes over the training split.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Sentences per optimizer step.")
+    learning_rate: float = Field(1e-3, gt=0, le=1, description="Peak AdamW learning rate (linear decay).")
+    heldout_fraction: float = Field(
+        0.2, gt=0, lt=0.9, description="Share of every (language, label) group kept out of training for the report."
+    )
+    seed: int = Field(0, description="Seed of the split, the initialisation and the batch order.")
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_divide(cls, value: int, info: Any) -> int:
+        hidden = info.data.get("hidden_size")
+        if hidden and hidden % value:
+            raise ValueError(f"heads ({value}) must divide hidden_size ({hidden})")
+        return value
+
+
+class IntakeConfig(Section):
+    """News intake before the analysis chain: near-duplicates over a window, and the subjective/objective filter."""
+
+    window: int = Field(5000, ge=1, description="Recent kept items a new item is compared with for duplicates.")
+    dedup: DedupConfig = Field(
+        default_factory=lambda: DedupConfig(threshold=0.7),
+        description="MinHash settings; news rewrites are looser than corpus copies, hence the lower threshold.",
+    )
+    forward_labels: list[Literal["objective", "subjective"]] = Field(
+        default_factory=lambda: ["objective"],
+        description="Labels that go on to the chain (the recipe analyses objective news only).",
+    )
+    forward_duplicates: bool = Field(False, description="Let near-duplicates of a kept item go on to the chain too.")
+    batch_size: int = operational(64, ge=1, le=4096, description="Items classified at a time (and made durable).")
+    registered_name: str = Field(
+        "deepmoney-intake", min_length=1, description="Registered model name of the classifier (intake train)."
+    )
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
 
 class DeepmoneyConfig(BaseSettings):
@@ -413,6 +484,7 @@ class DeepmoneyConfig(BaseSettings):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     marketdata: MarketDataConfig = Field(default_factory=MarketDataConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
 
     @classmethod
     def settings_customise_sources(

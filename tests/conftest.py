@@ -232,3 +232,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: S3Endpo
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def intake_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    """The intake classifier trained once per session on the shipped labelled set: (directory, manifest)."""
+    from deepmoney.config import load_config
+    from deepmoney.intake.train import train_intake_classifier
+
+    output = tmp_path_factory.mktemp("intake") / "classifier"
+    result = train_intake_classifier(str(output), None, load_config(), quiet=True)
+    return output, result.manifest

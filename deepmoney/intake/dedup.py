@@ -33,6 +33,9 @@ class WindowDeduplicator:
     def __len__(self) -> int:
         return len(self._kept)
 
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._kept
+
     def check(self, item_id: str, text: str) -> DuplicateOf | None:
         """None if `text` is new (it is kept, and the oldest kept item leaves a full window); else what it repeats."""
         if not self.config.enabled:

@@ -18,6 +18,7 @@ SYNCED_FROM = "deepmoney.synced_from"  # a run uploaded after the fact by `deepm
 # -- on evaluation runs ------------------------------------------------------------------------
 KIND = "deepmoney.kind"  # "evaluation"
 EVALUATION = "evaluation"
+INTAKE_CLASSIFIER = "intake-classifier"  # the kind of a run that trained the intake's subjective/objective classifier
 EVAL_DIGEST = "deepmoney.eval_digest"  # names the evaluation set: runs with equal digests are comparable
 EVALUATED_RUN = "deepmoney.evaluated_run_id"  # the training run evaluated
 EVALUATED_MODEL = "deepmoney.evaluated_model"  # what --model named
