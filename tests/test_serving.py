@@ -10,6 +10,7 @@ in test_serving_embedded.py.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 from pathlib import Path
@@ -32,7 +33,13 @@ ISO_DAY = re.compile(r"\b(\d{4}-\d{2}-\d{2})\b")
 def _step_of(user: str) -> str:
     if '{"sectors": [' in user:
         return "sectors"
-    return "method" if '{"method": ' in user else "analysis"
+    return "analysis" if '{"analysis": ' in user else "method"
+
+
+def _ids(user: str) -> list[str]:
+    """The series ids a step-3 prompt lists (`name = id; ...`)."""
+    line = next((line for line in user.splitlines() if line.startswith("Name the series by these ids: ")), "")
+    return [pair.rpartition(" = ")[2] for pair in line.partition(": ")[2].split("; ") if " = " in pair]
 
 
 def _table(user: str) -> list[tuple[str, list[float]]]:
@@ -61,7 +68,17 @@ def analyst(model: str, messages: list[dict[str, str]]) -> str:
     rows = _table(user)
     figures = "; ".join(f"{name} went from {values[0]} to {values[-1]}" for name, values in rows) or "no data"
     text = f"Over the window {figures}."
-    return text if prose else json.dumps({"analysis": text, "direction": "negative"})
+    if prose:
+        return text
+    ids = _ids(user)
+    spec: dict = {"method": "event_study", "series": [ids[0] if ids else "none"]}
+    if "SPEC-GRANGER" in user and len(ids) >= 2:
+        spec = {"method": "granger", "series": ids[:2], "lags": 3}
+    elif "SPEC-UNFETCHED" in user:
+        spec = {"method": "correlation", "series": ["copper.lme", ids[0]]}
+    elif "SPEC-EXPOST" in user:
+        spec = {"method": "event_study", "series": ["us.oil.wti.daily"], "before": 3, "after": 5}
+    return json.dumps({"analysis": text, "direction": "negative", "spec": spec})
 
 
 def _options(llm_url: str, **serving: object) -> ServeOptions:
@@ -160,6 +177,16 @@ def test_no_value_after_the_news_date_reaches_a_step_or_the_response(service: st
         table = prompts[-1].split("period value; ...):", 1)[1]
         periods = ISO_DAY.findall(table)
         assert periods and max(periods) <= item["date"], item["id"]
+        # Step 3's figures were computed from windows that end on or before the news date.
+        computed = body["computed"]
+        assert computed["figures"] and computed["error"] is None and not computed["ex_post"], computed
+        assert computed["source"] == "model" and computed["method"] == "event_study"
+        figures = computed["figures"]
+        assert figures["event_last"] <= item["date"] and figures["estimation_last"] < figures["event_first"]
+        assert all(s["last"] <= item["date"] and s["after_news_date"] == 0 for s in computed["series"])
+        asset = next(s for s in computed["series"] if s["role"] == "asset")
+        assert asset["id"] == computed["spec"]["series"][0] and figures["nobs"] == computed["spec"]["estimation_window"]
+        assert base64.b64decode(computed["chart_png"]).startswith(b"\x89PNG")
 
 
 def test_undated_news_uses_the_latest_data_and_says_so(service: str) -> None:
@@ -377,3 +404,86 @@ def test_a_body_sent_without_a_json_content_type_is_still_read(service: str) -> 
     assert form.status_code == 200 and form.json()["sectors"]
     text = httpx2.post(service + CHAIN, content=b"news=Oil+rose", headers={"content-type": "text/plain"}, timeout=60)
     assert text.status_code == 400 and "Content-Type: application/json" in text.json()["error"]
+
+
+def test_step_three_runs_the_specification_it_wrote(service: str) -> None:
+    body = _post(service, {"news": "SPEC-GRANGER: oil and stocks moved together.", "date": "2012-05-02"}).json()
+    computed = body["computed"]
+    assert computed["source"] == "model" and computed["spec_error"] is None and computed["method"] == "granger"
+    assert computed["spec"]["lags"] == 3 and len(computed["figures"]["lags"]) == 3
+    assert 1 <= computed["figures"]["chosen_lag"] <= 3 and 0 <= computed["figures"]["p"] <= 1
+    assert all(s["last"] <= "2012-05-02" for s in computed["series"])
+    assert computed["series"][0]["count"] == load_config().serving.quant.history
+
+
+def test_an_unusable_specification_is_reported_and_replaced_by_the_default(service: str) -> None:
+    body = _post(service, {"news": "SPEC-UNFETCHED: copper jumped.", "date": "2012-05-02"}).json()
+    computed = body["computed"]
+    assert computed["source"] == "default" and "'copper.lme' was not fetched" in computed["spec_error"]
+    assert computed["method"] == "event_study" and computed["figures"]["car_t"] is not None
+
+
+def test_an_ex_post_study_reads_past_the_news_date_only_when_asked(service: str) -> None:
+    news = "SPEC-EXPOST: OPEC surprised the market with a deep output cut."
+    as_of = _post(service, {"news": news, "date": "2016-11-30"}).json()["computed"]
+    assert not as_of["ex_post"] and as_of["figures"]["event_last"] <= "2016-11-30"
+    assert any("ex_post was not asked" in note for note in as_of["notes"])
+    after = _post(service, {"news": news, "date": "2016-11-30", "ex_post": True}).json()["computed"]
+    assert after["ex_post"] and after["figures"]["event_last"] > "2016-11-30"
+    assert len(after["figures"]["abnormal_returns"]) == 3 + 1 + 5
+    asset = next(s for s in after["series"] if s["role"] == "asset")
+    assert asset["after_news_date"] == 5
+    # the estimation window still ends before the event window: nothing after the news date was fitted
+    assert after["figures"]["estimation_last"] < "2016-11-30"
+    assert after["figures"]["estimation_last"] == as_of["figures"]["estimation_last"]
+
+
+@pytest.fixture(scope="module")
+def intake_service(llm: ScriptedOpenAIServer, intake_classifier: tuple[Path, object]) -> str:
+    options = _options(f"{llm.base_url}#analyst")
+    options.intake_model = str(intake_classifier[0])
+    with BackgroundServer(options) as server:
+        yield server.url
+
+
+def test_the_intake_stops_subjective_news_and_repeats_before_the_llm(intake_service: str,
+                                                                     llm: ScriptedOpenAIServer) -> None:  # fmt: skip
+    objective = (
+        "The central bank raised its policy rate by 25 basis points to 4.5% on Wednesday, its third increase "
+        "this year. The decision was unanimous, the bank said in a statement released after the meeting. "
+        "Consumer prices rose 3.1% in the year to April, the statistics office reported last week, above the "
+        "bank's 2% target. The bank said it would publish new forecasts for growth and inflation in June."
+    )
+    body = _post(intake_service, {"news": objective, "date": "2015-06-01", "id": "hike"}).json()
+    assert body["intake"]["label"] == "objective" and body["intake"]["forward"] and body["stopped"] is None
+    assert body["computed"]["figures"] and set(body["timings_ms"]) >= {"intake", "analysis", "chain"}
+    before = len(llm.bodies)
+    opinion = "Honestly, this rate hike is a disaster and the governor should resign before he ruins us all."
+    stopped = _post(intake_service, {"news": opinion, "date": "2015-06-01"}).json()
+    assert stopped["intake"]["label"] == "subjective" and not stopped["intake"]["forward"]
+    assert stopped["stopped"]["step"] == "intake" and "subjective" in stopped["stopped"]["reason"]
+    assert stopped["sectors"] is None and stopped["analysis"] is None and len(llm.bodies) == before
+    rewrite = "UPDATE: " + objective + " Markets were little changed."
+    repeated = _post(intake_service, {"news": rewrite, "date": "2015-06-02", "id": "hike-2"}).json()
+    assert repeated["intake"]["duplicate_of"] == "hike" and repeated["stopped"]["step"] == "intake"
+    assert "near duplicate of hike" in repeated["stopped"]["reason"] and len(llm.bodies) == before
+    retry = _post(intake_service, {"news": objective, "date": "2015-06-01", "id": "hike"}).json()
+    assert retry["intake"]["forward"] and retry["intake"]["duplicate_of"] is None  # a retry is not its own repeat
+    # the intake alone, as the graph's first step, answers the same verdict for the next step to pass on
+    alone = _post(intake_service, {"news": opinion}, path="/v1/models/intake:predict").json()
+    assert alone["stopped"]["step"] == "intake"
+    passed = _post(intake_service, alone, path="/v1/models/sectors:predict").json()
+    assert passed["sectors"] is None and passed["stopped"]["step"] == "intake"
+
+
+def test_serving_the_intake_needs_its_classifier(llm: ScriptedOpenAIServer, tmp_path: Path) -> None:
+    from deepmoney.errors import UserError
+    from deepmoney.serving.server import ChainServer
+
+    options = _options(f"{llm.base_url}#analyst")
+    options.steps = ("intake",)
+    with pytest.raises(UserError, match="--intake-model"):
+        ChainServer(options)
+    options.intake_model = str(tmp_path)
+    with pytest.raises(UserError, match=r"no config\.json"):
+        ChainServer(options)

@@ -18,6 +18,8 @@ REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" 
 LLM_URL = "http://deepmoney-llm-predictor.ml.svc.cluster.local/openai/v1"
 STEPS = m.StepSpec(image="ghcr.io/deepmoney/deepmoney:0.1.0", llm_url=LLM_URL, namespace="ml")
 STEPS_WITH_DB = m.StepSpec(image="ghcr.io/deepmoney/deepmoney:0.1.0", llm_url=LLM_URL, market_data_secret="market-db")
+WITH_INTAKE = m.StepSpec(image="ghcr.io/deepmoney/deepmoney:0.1.0", llm_url=LLM_URL, namespace="ml",
+                         intake_model_uri="s3://models/deepmoney-intake/1")  # fmt: skip
 
 ONE_GPU = m.LLMSpec("s3://models/deepmoney/champion", gpus=1, namespace="ml")
 DEEPSEEK_67B = m.LLMSpec("s3://models/deepmoney/champion", gpus=8, attention_heads=64, kv_heads=8)
@@ -45,12 +47,14 @@ def _llm(objects: list[dict]) -> dict:
         (TWO_NODES, STEPS, "inferenceservice"),
         (DEEPSEEK_67B, STEPS, "llminferenceservice"),
         (TWO_NODES, STEPS_WITH_DB, "llminferenceservice"),
+        (DEEPSEEK_67B, WITH_INTAKE, "inferenceservice"),
     ],
-    ids=["1gpu", "8gpu-67b", "2nodes", "llmisvc-8gpu", "llmisvc-2nodes"],
+    ids=["1gpu", "8gpu-67b", "2nodes", "llmisvc-8gpu", "llmisvc-2nodes", "with-intake"],
 )
 def test_every_object_matches_its_crd(llm: m.LLMSpec, steps: m.StepSpec, kind: str) -> None:
     objects = m.render(llm, steps, kind)
-    assert [o["kind"] for o in objects][-5:] == ["InferenceService"] * 4 + ["InferenceGraph"]
+    services = len(steps.steps())
+    assert [o["kind"] for o in objects][-services - 1 :] == ["InferenceService"] * services + ["InferenceGraph"]
     for obj in objects:
         crd_schema.validate(obj)
 
@@ -261,7 +265,7 @@ def test_one_step_service_per_step() -> None:
 def test_the_market_data_url_comes_from_the_secret() -> None:
     for isvc in m.step_inference_services(STEPS_WITH_DB):
         env = {e["name"]: e for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
-        if isvc["metadata"]["name"] == "deepmoney-data":
+        if isvc["metadata"]["name"] in ("deepmoney-data", "deepmoney-analysis"):  # analysis reads its history
             url = env["DEEPMONEY_MARKETDATA__URL"]
             assert url == {
                 "name": "DEEPMONEY_MARKETDATA__URL",
@@ -295,6 +299,24 @@ def test_the_graph_chains_the_steps_in_order() -> None:
     assert quick["spec"]["nodes"]["root"]["steps"][0]["serviceUrl"] == (
         "http://dm-sectors-predictor.default.svc.cluster.local/v1/models/sectors:predict"
     )
+
+
+def test_the_graph_with_intake_starts_with_the_classifier() -> None:
+    graph = m.inference_graph(WITH_INTAKE)
+    steps = graph["spec"]["nodes"]["root"]["steps"]
+    assert [s["name"] for s in steps] == ["intake", "sectors", "method", "data", "analysis"]
+    assert [s["data"] for s in steps] == ["$request"] + ["$response"] * 4
+    assert steps[0]["serviceUrl"] == "http://deepmoney-intake-predictor.ml.svc.cluster.local/v1/models/intake:predict"
+    (intake,) = [s for s in m.step_inference_services(WITH_INTAKE) if s["metadata"]["name"] == "deepmoney-intake"]
+    predictor = intake["spec"]["predictor"]
+    assert predictor["maxReplicas"] == 1  # one replica holds the near-duplicate window
+    container = predictor["containers"][0]
+    assert container["command"][:6] == ["deepmoney", "serve", "--steps", "intake", "--intake-model", "/mnt/models"]
+    assert "--llm" not in container["command"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["STORAGE_URI"] == "s3://models/deepmoney-intake/1"  # KServe's storage initializer fetches it
+    with pytest.raises(UserError, match="scheme"):
+        m.inference_graph(m.StepSpec(image="i:1", llm_url=LLM_URL, intake_model_uri="/local/dir"))
 
 
 def test_labels_and_namespaces() -> None:
@@ -393,8 +415,9 @@ def test_other_refusals() -> None:
         ("--gpus", "8"),
         ("--gpus", "16", "--nodes", "2"),
         ("--gpus", "8", "--kind", "llminferenceservice", "--market-data-secret", "market-db"),
+        ("--gpus", "8", "--intake-model-uri", "s3://models/deepmoney-intake/1"),
     ],
-    ids=["tp8", "two-nodes", "llmisvc"],
+    ids=["tp8", "two-nodes", "llmisvc", "intake"],
 )
 def test_serve_render_prints_valid_objects(tmp_path: Path, flags: tuple[str, ...]) -> None:
     from tests.conftest import run_cli

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deepmoney.llm.prompts import TemplateSet, fill
 
-PROMPT_VERSION = "2026-12-1"
+PROMPT_VERSION = "2026-12-2"
 STEPS = ("sectors", "method", "analysis")
 MAX_SECTORS = 5
 TEMPLATES = TemplateSet(Path(__file__).with_name("prompts"))
@@ -21,11 +21,13 @@ _PLACEHOLDERS = {
         "sector": "the most affected sector",
         "method": "(no method was given: choose a suitable one)",
         "data": "(no data)",
+        "series_ids": "(the names in the table)",
     },
     "zh": {
         "sector": "受影响最大的行业",
         "method": "（未给出方法：请自行选择合适的方法）",
         "data": "（无数据）",
+        "series_ids": "（表中的名称）",
     },
 }
 
@@ -88,8 +90,13 @@ def method_messages(news: str, sector: str, language: str) -> Messages:
     return _messages("method", language, news=quoted(news), sector=sector.strip())
 
 
-def analysis_messages(news: str, sector: str, method: str, data: SeriesData, language: str) -> Messages:
-    """Step 3: the fetched series as a table; the analysis with them, as `{"analysis": "...", "direction": ...}`."""
+def analysis_messages(news: str, sector: str, method: str, data: SeriesData, language: str,
+                      series_ids: Mapping[str, str] | None = None) -> Messages:  # fmt: skip
+    """Step 3: the fetched series as a table; the analysis with them, and a specification of what to compute.
+
+    `series_ids` maps each table name to its database id (the specification names series by id).
+    """
+    ids = "; ".join(f"{name} = {series_id}" for name, series_id in (series_ids or {}).items())
     return _messages(
         "analysis",
         language,
@@ -97,4 +104,5 @@ def analysis_messages(news: str, sector: str, method: str, data: SeriesData, lan
         sector=sector.strip(),
         method=method.strip(),
         data=format_data(data, language),
+        series_ids=ids,
     )

@@ -17,10 +17,13 @@ from typing import Any
 
 from deepmoney.analysis.parse import MAX_SECTOR_CHARS, dedupe_names, find_object, parse_method, parse_sectors
 from deepmoney.analysis.prompts import MAX_SECTORS
+from deepmoney.quant.spec import SPEC_MAX_CHARS, spec_schema
 
 DIRECTIONS = ("positive", "negative", "mixed", "unclear")
 MAX_DATA_SERIES = 6
 SAFETY = 0.9  # of the token budget a constrained answer may fill: margin for characters that take two tokens
+MIN_ANALYSIS_ROOM = 200  # characters of analysis text a budget must leave before a specification is asked for too
+PROGRAM_SHARE = 0.4  # of step 3's room, what a sandboxed program may take (quant.sandbox on)
 
 
 def _room(max_tokens: int, fixed: int) -> int:
@@ -36,11 +39,13 @@ def _list(item: int, most: int) -> dict[str, Any]:
     return {"type": "array", "items": _string(item), "minItems": 1, "maxItems": most}
 
 
-def step_schema(step: str, max_tokens: int) -> str:
+def step_schema(step: str, max_tokens: int, program: bool = False) -> str:
     """The JSON schema (compact text) of `step`'s answer, its strings sized to fit in `max_tokens`.
 
     The compact object's fixed characters (keys, quotes, brackets, commas; 3 per list item) are counted
-    exactly, so a constrained answer at its longest still closes within the budget.
+    exactly, so a constrained answer at its longest still closes within the budget. Step 3 also asks
+    for an analysis specification (`quant.spec`) when the budget leaves room for it, and with `program`
+    for a short program for the sandbox.
     """
     properties: dict[str, Any]
     if step == "sectors":  # {"sectors":["…","…"]}
@@ -50,8 +55,17 @@ def step_schema(step: str, max_tokens: int) -> str:
         room = _room(max_tokens, 22 + 3 * MAX_DATA_SERIES)
         properties = {"method": _string(room * 3 // 5), "data": _list(min(60, room * 2 // 5 // MAX_DATA_SERIES),
                                                                        MAX_DATA_SERIES)}  # fmt: skip
-    elif step == "analysis":  # {"analysis":"…","direction":"positive"}
-        properties = {"analysis": _string(_room(max_tokens, 40)), "direction": {"enum": list(DIRECTIONS)}}
+    elif step == "analysis":  # {"analysis":"…","direction":"positive","spec":{…},"program":"…"}
+        room = _room(max_tokens, 40)
+        properties = {"analysis": _string(room), "direction": {"enum": list(DIRECTIONS)}}
+        if room - SPEC_MAX_CHARS - 8 >= MIN_ANALYSIS_ROOM:
+            room -= SPEC_MAX_CHARS + 8  # ,"spec":
+            properties["spec"] = spec_schema()
+            if program:
+                code = int(room * PROGRAM_SHARE)
+                room -= code + 13  # ,"program":""
+                properties["program"] = _string(code)
+            properties["analysis"] = _string(room)
     else:
         raise ValueError(f"unknown chain step {step!r}")
     schema = {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
@@ -79,6 +93,25 @@ def read_sectors(text: str) -> list[str]:
 def read_method(text: str) -> tuple[str, list[str]]:
     """(method, data series names) of a step-2 answer, from the schema's object or free text."""
     return parse_method(text)
+
+
+def _answer_object(text: str) -> dict | None:
+    if not isinstance(text, str):
+        return None
+    return _json_object(text.strip()) or find_object(text)
+
+
+def read_spec(text: str) -> object:
+    """The analysis specification of a step-3 answer (None when it has none; validated by `quant.spec`)."""
+    obj = _answer_object(text)
+    return obj.get("spec") if obj is not None else None
+
+
+def read_program(text: str) -> str | None:
+    """The sandbox program of a step-3 answer, if it wrote one."""
+    obj = _answer_object(text)
+    program = obj.get("program") if obj is not None else None
+    return program if isinstance(program, str) and program.strip() else None
 
 
 def read_analysis(text: str) -> tuple[str, str | None]:

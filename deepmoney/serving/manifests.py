@@ -8,8 +8,13 @@ Pure functions: no Kubernetes client, no I/O. `render` returns, in apply order:
   well-known LLMInferenceServiceConfigs) — optionally preceded by a namespaced ServingRuntime for
   clusters that lack the ClusterServingRuntime;
 - one CPU InferenceService per step of the chain (STEPS), each running `deepmoney serve --steps <step>`
-  in the project image and calling the LLM over its OpenAI API;
-- a `serving.kserve.io/v1alpha1` InferenceGraph that chains the steps in order.
+  in the project image and calling the LLM over its OpenAI API; with an intake classifier, first an
+  `intake` InferenceService (its `STORAGE_URI` downloaded to /mnt/models by KServe's storage
+  initializer; one replica, which holds the near-duplicate window);
+- a `serving.kserve.io/v1alpha1` InferenceGraph that chains the steps in order: a Sequence whose
+  first step is the intake when there is one. The intake answers subjective or repeated news with
+  the payload marked `stopped`, which every later step passes on untouched (a 200 with the reason),
+  so one Sequence needs no Switch node and a graph without the intake is the same graph.
 
 KServe facts these objects rely on (checked against the CRDs in ../shared/crds and upstream sources):
 
@@ -49,7 +54,7 @@ import yaml
 
 from deepmoney import env as deepmoney_env
 from deepmoney.errors import UserError
-from deepmoney.serving.payload import REQUEST_ID_HEADER, STEPS
+from deepmoney.serving.payload import INTAKE, REQUEST_ID_HEADER, STEPS
 
 KSERVE_VERSION = "v0.21.0"
 GROUP = "serving.kserve.io"
@@ -58,6 +63,7 @@ RUNTIME_SINGLE_NODE = "kserve-huggingfaceserver"
 RUNTIME_MULTI_NODE = "kserve-huggingfaceserver-multinode"
 RUNTIME_PORT = 8080  # the Hugging Face server's HTTP port
 STEP_PORT = 8080
+MODEL_MOUNT = "/mnt/models"  # where KServe's storage initializer puts a storageUri's files
 URI_SCHEMES = ("s3", "gs", "pvc", "hf")
 DEPLOYMENT_MODE = "Standard"
 MODE_ANNOTATION = f"{GROUP}/deploymentMode"
@@ -124,6 +130,11 @@ class StepSpec:
     cpu_limit: str = "2"
     memory: str = "2Gi"  # requests = limits
     run_as_user: int = 1000  # numeric, so that the kubelet can enforce runAsNonRoot
+    intake_model_uri: str | None = None  # storageUri of the intake classifier: the graph starts with the intake
+
+    def steps(self) -> tuple[str, ...]:
+        """The steps served, in the graph's order: the intake first when its classifier is given."""
+        return (INTAKE, *STEPS) if self.intake_model_uri else STEPS
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -466,7 +477,9 @@ def serving_runtime(spec: LLMSpec) -> dict:
 
 
 def _check_steps(spec: StepSpec) -> None:
-    for step in STEPS:
+    if spec.intake_model_uri is not None:
+        _uri_scheme(spec.intake_model_uri)
+    for step in spec.steps():
         _check_name(f"{spec.prefix}-{step}", "step name (--prefix + step)")
     _check_namespace(spec.namespace)
     if not spec.image.strip():
@@ -484,7 +497,7 @@ def _step_env(spec: StepSpec, step: str) -> list[dict]:
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only: caches go to /tmp
         {"name": deepmoney_env.LOG_FORMAT, "value": "json"},  # one JSON object per log record, request ids in it
     ]
-    if spec.market_data_secret and step == "data":
+    if spec.market_data_secret and step in ("data", "analysis"):  # analysis reads as-of history for its figures
         # A reference, never the value: the URL may carry a password.
         ref = {"name": spec.market_data_secret, "key": "url"}
         env.append({"name": "DEEPMONEY_MARKETDATA__URL", "valueFrom": {"secretKeyRef": ref}})
@@ -493,12 +506,17 @@ def _step_env(spec: StepSpec, step: str) -> list[dict]:
 
 def _step_container(spec: StepSpec, step: str) -> dict:
     llm = f"{spec.llm_url}#{spec.served_model_name}"
+    served = ["--intake-model", MODEL_MOUNT] if step == INTAKE else ["--llm", llm]
+    env = _step_env(spec, step)
+    if step == INTAKE:
+        # KServe's storage initializer downloads a custom container's STORAGE_URI into /mnt/models
+        env.append({"name": "STORAGE_URI", "value": str(spec.intake_model_uri)})
     return {
         "name": "kserve-container",
         "image": spec.image,
-        "command": ["deepmoney", "serve", "--steps", step, "--llm", llm, "--host", "0.0.0.0", "--port", str(STEP_PORT)],
+        "command": ["deepmoney", "serve", "--steps", step, *served, "--host", "0.0.0.0", "--port", str(STEP_PORT)],
         "ports": [{"containerPort": STEP_PORT, "protocol": "TCP"}],
-        "env": _step_env(spec, step),
+        "env": env,
         "resources": {
             "requests": {"cpu": spec.cpu_request, "memory": spec.memory},
             "limits": {"cpu": spec.cpu_limit, "memory": spec.memory},
@@ -519,22 +537,24 @@ def _step_container(spec: StepSpec, step: str) -> dict:
 def step_inference_services(spec: StepSpec) -> list[dict]:
     """One CPU InferenceService per step of the chain, each serving the step's model under the step's name."""
     _check_steps(spec)
-    return [
-        {
-            "apiVersion": f"{GROUP}/v1beta1",
-            "kind": "InferenceService",
-            "metadata": _metadata(f"{spec.prefix}-{step}", spec.namespace, "step", {MODE_ANNOTATION: DEPLOYMENT_MODE}),
-            "spec": {
-                "predictor": {
-                    "minReplicas": 1,
-                    "timeout": spec.router_timeout_s,  # a step waits on the LLM
-                    "containers": [_step_container(spec, step)],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                }
-            },
-        }
-        for step in STEPS
-    ]
+    return [_step_service(spec, step) for step in spec.steps()]
+
+
+def _step_service(spec: StepSpec, step: str) -> dict:
+    predictor: dict[str, Any] = {
+        "minReplicas": 1,
+        "timeout": spec.router_timeout_s,  # a step waits on the LLM
+        "containers": [_step_container(spec, step)],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if step == INTAKE:
+        predictor["maxReplicas"] = 1  # the near-duplicate window lives in the replica: one replica sees every item
+    return {
+        "apiVersion": f"{GROUP}/v1beta1",
+        "kind": "InferenceService",
+        "metadata": _metadata(f"{spec.prefix}-{step}", spec.namespace, "step", {MODE_ANNOTATION: DEPLOYMENT_MODE}),
+        "spec": {"predictor": predictor},
+    }
 
 
 def _graph_step(spec: StepSpec, index: int, step: str) -> dict:
@@ -562,7 +582,7 @@ def inference_graph(spec: StepSpec) -> dict:
             "nodes": {
                 "root": {
                     "routerType": "Sequence",
-                    "steps": [_graph_step(spec, i, step) for i, step in enumerate(STEPS)],
+                    "steps": [_graph_step(spec, i, step) for i, step in enumerate(spec.steps())],
                 }
             },
             # The router's 60 s defaults are far too short for a 67B model answering four steps in a row.

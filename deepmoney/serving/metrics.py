@@ -24,3 +24,7 @@ EMBEDDED_BATCH = Histogram(
     "deepmoney_embedded_batch_size", "Requests per batch of the embedded LLM predictor.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )  # fmt: skip
+INTAKE_VERDICTS = Counter("deepmoney_intake_verdicts", "News the intake labelled, by label and novelty.",
+                          ["label", "novelty"])  # fmt: skip
+COMPUTED = Counter("deepmoney_computed", "Step-3 computations, by method and whose specification ran.",
+                   ["method", "source"])  # fmt: skip

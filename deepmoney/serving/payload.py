@@ -20,6 +20,8 @@ from deepmoney.serving.errors import BadRequest
 
 LANGUAGES = ("en", "zh")
 STEPS = ("sectors", "method", "data", "analysis")  # the chain's steps, in order: one model (and service) each
+INTAKE = "intake"  # the optional first step: near-duplicates and the subjective/objective filter
+ALL_STEPS = (INTAKE, *STEPS)
 REQUEST_ID_HEADER = "x-request-id"  # the header a request's id travels in, through the graph to every step
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
@@ -48,6 +50,36 @@ class SeriesOut(BaseModel):
     values: list[tuple[str, float]]
 
 
+class IntakeOut(BaseModel):
+    """The intake's verdict on the news: its label with the classifier's probability, and what it duplicates."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    score: float
+    duplicate_of: str | None = None
+    duplicate_kind: str | None = None
+    similarity: float | None = None
+    forward: bool
+
+
+class ComputedOut(BaseModel):
+    """Step 3's computed figures: the specification run (the model's or the default) and its results."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: str | None
+    spec: dict[str, Any] | None
+    source: str  # "model" | "default"
+    spec_error: str | None  # why the model's specification was not run as written (None: it was)
+    figures: dict[str, Any] | None
+    series: list[dict[str, Any]]  # each series read: id, role, first, last, count, after_news_date
+    as_of: str | None
+    ex_post: bool
+    notes: list[str]
+    chart_png: str | None  # base64 PNG of the series around the event
+    error: str | None  # why nothing could be computed
+    program: dict[str, Any] | None = None  # the sandboxed program's result (quant.sandbox on)
+
+
 class Stopped(BaseModel):
     """Why the chain ended before its last step (the response is still a 200: the answer is "nothing to do")."""
 
@@ -66,6 +98,8 @@ class ChainPayload(BaseModel):
     language: str | None = None
     id: str | None = None
     request_id: str | None = None
+    ex_post: bool = False  # also study the event window after the news date (marked as such; never the default)
+    intake: IntakeOut | None = None
     sectors: list[SectorOut] | None = None
     method: str | None = None
     data_requested: list[str] | None = None
@@ -73,6 +107,7 @@ class ChainPayload(BaseModel):
     data_note: str | None = None
     analysis: str | None = None
     direction: str | None = None
+    computed: ComputedOut | None = None
     answers: list[str] = Field(default_factory=list)  # the raw answer of each LLM step, in order
     timings_ms: dict[str, float] = Field(default_factory=dict)  # per step, wall time inside the step
     llm_ms: dict[str, float] = Field(default_factory=dict)  # per step, of which waiting for the LLM
@@ -103,7 +138,7 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"]) or "body"
     if error["type"] == "extra_forbidden":
-        return f"unknown field {where!r}: a request has news, date, language, id (and the chain's own fields)"
+        return f"unknown field {where!r}: a request has news, date, language, id, ex_post (and the chain's own fields)"
     if error["type"] == "missing":
         return f'missing field {where!r}: send at least {{"news": "..."}}'
     return f"field {where!r}: {error['msg']}"
@@ -136,7 +171,7 @@ def parse_payload(body: Any, max_news_chars: int) -> ChainPayload:
     return payload
 
 
-REQUEST_FIELDS = frozenset({"news", "date", "language", "id", "request_id"})
+REQUEST_FIELDS = frozenset({"news", "date", "language", "id", "request_id", "ex_post"})
 
 
 def check_request_only(payload: ChainPayload) -> None:
@@ -144,7 +179,8 @@ def check_request_only(payload: ChainPayload) -> None:
     owned = sorted(payload.model_fields_set - REQUEST_FIELDS)
     if owned:
         raise BadRequest(
-            f"field {owned[0]!r} is written by the chain's steps; a request to the chain has news, date, language, id"
+            f"field {owned[0]!r} is written by the chain's steps; "
+            "a request to the chain has news, date, language, id, ex_post"
         )
 
 

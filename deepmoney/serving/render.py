@@ -56,7 +56,7 @@ def parameters(config: dict[str, Any]) -> int:
 
 def render_yaml(*, model_uri: str, gpus: int, nodes: int, image: str | None, namespace: str | None,
                 model_config: str | None, kind: str, market_data_secret: str | None,
-                served_model_name: str) -> str:  # fmt: skip
+                served_model_name: str, intake_model_uri: str | None = None) -> str:  # fmt: skip
     """The objects `render` makes, as multi-document YAML, after the ConfigMap change request ids need (comments)."""
     shape: dict[str, Any] = {}
     if model_config is not None:
@@ -71,6 +71,7 @@ def render_yaml(*, model_uri: str, gpus: int, nodes: int, image: str | None, nam
     llm = LLMSpec(model_uri=model_uri, gpus=gpus, nodes=nodes, namespace=namespace,
                   served_model_name=served_model_name, **shape)  # fmt: skip
     steps = StepSpec(image=image or default_image(), llm_url=llm_url(llm), served_model_name=served_model_name,
-                     namespace=namespace, market_data_secret=market_data_secret)  # fmt: skip
+                     namespace=namespace, market_data_secret=market_data_secret,
+                     intake_model_uri=intake_model_uri)  # fmt: skip
     note = "\n".join(line if line.startswith("#") else f"#   {line}" for line in router_headers_note().splitlines())
     return f"{note}\n{to_yaml(render(llm, steps, kind))}"

@@ -39,7 +39,7 @@ from deepmoney.errors import UserError  # noqa: E402
 from deepmoney.llm.roles import Endpoint, parse_endpoint  # noqa: E402
 from deepmoney.serving.errors import ServingError, TooLarge  # noqa: E402
 from deepmoney.serving.openai_api import OPENAI_PREFIX, LLMPredictor, OpenAIError, openai_router  # noqa: E402
-from deepmoney.serving.payload import REQUEST_ID_HEADER, STEPS  # noqa: E402
+from deepmoney.serving.payload import ALL_STEPS, INTAKE, REQUEST_ID_HEADER, STEPS  # noqa: E402
 from deepmoney.serving.steps import ChainModel, StepContext, StepModel  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,9 @@ class ServeOptions:
     market_data: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    steps: tuple[str, ...] = STEPS
+    steps: tuple[str, ...] = STEPS  # with an intake model, the intake comes first unless --steps says otherwise
     chain: bool = True  # host `chain` (when every step is hosted)
+    intake_model: str | None = None  # the intake classifier's directory: the chain starts with the intake
     extra_models: list[Any] = field(default_factory=list)  # more KServe models (tests: an echo model)
 
 
@@ -158,11 +159,19 @@ class ChainServer:
     """The models of `options`, loaded and registered, on a KServe REST server bound to `options.host`."""
 
     def __init__(self, options: ServeOptions, sock: socket.socket | None = None) -> None:
-        if (options.model_dir is None) == (options.llm is None):
-            raise UserError("pass --model (serve a trained model) or --llm URL#MODEL (ask an existing LLM)")
-        unknown = [s for s in options.steps if s not in STEPS]
+        steps = options.steps
+        if options.intake_model is not None and steps == STEPS:
+            steps = ALL_STEPS
+        unknown = [s for s in steps if s not in ALL_STEPS]
         if unknown:
-            raise UserError(f"--steps: unknown step {unknown[0]!r}; the steps are {', '.join(STEPS)}")
+            raise UserError(f"--steps: unknown step {unknown[0]!r}; the steps are {', '.join(ALL_STEPS)}")
+        if INTAKE in steps and options.intake_model is None:
+            raise UserError("--steps intake needs the classifier: pass --intake-model DIR (deepmoney intake train)")
+        intake_only = tuple(steps) == (INTAKE,)
+        if options.model_dir is not None and options.llm is not None:
+            raise UserError("pass --model (serve a trained model) or --llm URL#MODEL (ask an existing LLM), not both")
+        if options.model_dir is None and options.llm is None and not intake_only:
+            raise UserError("pass --model (serve a trained model) or --llm URL#MODEL (ask an existing LLM)")
         self.options = options
         self.sock = sock or bind(options.host, options.port)
         self.port = self.sock.getsockname()[1]
@@ -175,12 +184,13 @@ class ChainServer:
             endpoint = Endpoint("serve", "http", f"http://127.0.0.1:{self.port}{OPENAI_PREFIX}",
                                 serving.served_model_name)  # fmt: skip
         else:
-            endpoint = parse_endpoint("llm", str(options.llm))
+            endpoint = parse_endpoint("llm", str(options.llm)) if options.llm else None
         window = options.config.marketdata.window
-        self.context = StepContext(endpoint, serving, options.market_data or options.config.marketdata.url, window)
-        self.steps = [StepModel(step, self.context) for step in options.steps]
+        self.context = StepContext(endpoint, serving, options.market_data or options.config.marketdata.url, window,
+                                   options.config.intake, options.intake_model)  # fmt: skip
+        self.steps = [StepModel(step, self.context) for step in steps]
         models: list[Any] = [*([self.predictor] if self.predictor else []), *self.steps, *options.extra_models]
-        if options.chain and tuple(options.steps) == STEPS:
+        if options.chain and tuple(steps) in (STEPS, ALL_STEPS):
             models.append(ChainModel(self.steps))
         for model in models:
             model.load()

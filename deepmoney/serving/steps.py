@@ -21,19 +21,32 @@ from kserve import Model
 
 from deepmoney.analysis.market import Fetched, MarketSeries, label_of, name
 from deepmoney.analysis.prompts import analysis_messages, method_messages, sectors_messages
-from deepmoney.analysis.structured import read_analysis, read_method, read_sectors, step_schema
+from deepmoney.analysis.structured import (
+    read_analysis,
+    read_method,
+    read_program,
+    read_sectors,
+    read_spec,
+    step_schema,
+)
 from deepmoney.analysis.taxonomy import BY_ID, classify
-from deepmoney.config import ServingConfig
+from deepmoney.config import IntakeConfig, ServingConfig
 from deepmoney.errors import ServiceUnavailable, UserError
+from deepmoney.intake.classifier import Classifier
+from deepmoney.intake.dedup import WindowDeduplicator
 from deepmoney.llm.client import LLMRequestError, OpenAIChatClient, RetryPolicy, Sampling
 from deepmoney.llm.errors import LLMEndpointDown, LLMFatalError, LLMGaveUp
 from deepmoney.llm.roles import Endpoint
 from deepmoney.marketdata.source import MarketData
+from deepmoney.quant.compute import Available, compute
 from deepmoney.serving import metrics
 from deepmoney.serving.errors import BadRequest, ServingError, StepTimeout, Unavailable, UpstreamFailed
 from deepmoney.serving.payload import (
+    INTAKE,
     REQUEST_ID_HEADER,
     ChainPayload,
+    ComputedOut,
+    IntakeOut,
     SectorOut,
     SeriesOut,
     Stopped,
@@ -48,10 +61,22 @@ log = logging.getLogger(__name__)
 class StepContext:
     """What the steps of one server share: the LLM client, the market data and the settings."""
 
-    def __init__(self, llm: Endpoint, config: ServingConfig, market_url: str | None, window: int) -> None:
+    def __init__(self, llm: Endpoint | None, config: ServingConfig, market_url: str | None, window: int,
+                 intake: IntakeConfig | None = None, intake_model: str | None = None) -> None:  # fmt: skip
         self.llm, self.config, self.market_url, self.window = llm, config, market_url, window
+        self.intake, self.intake_model = intake or IntakeConfig(), intake_model
         self._client: OpenAIChatClient | None = None
         self._market: MarketSeries | None = None
+        self._classifier: Classifier | None = None
+        self.dedup = WindowDeduplicator(self.intake.dedup, self.intake.window)
+
+    def classifier(self) -> Classifier:
+        """The intake's subjective/objective classifier (loaded at start-up by the intake model's `load`)."""
+        if self._classifier is None:
+            if self.intake_model is None:
+                raise UserError("the intake step needs a classifier: pass --intake-model DIR (deepmoney intake train)")
+            self._classifier = Classifier.load(self.intake_model)
+        return self._classifier
 
     def client(self) -> OpenAIChatClient:
         """The OpenAI-compatible client of the LLM (made in the server's event loop, on first use)."""
@@ -71,8 +96,11 @@ class StepContext:
 
     async def ask(self, step: str, messages: list[dict[str, str]], payload: ChainPayload) -> str:
         """The LLM's answer to one step's messages (by the step's JSON schema unless `structured` is off)."""
+        if self.llm is None:
+            raise Unavailable(f"step {step}: this server has no LLM (pass --model or --llm)", step)
         max_tokens = self.config.max_tokens(step)
-        schema = step_schema(step, max_tokens) if self.config.structured else None
+        program = step == "analysis" and self.config.quant.sandbox
+        schema = step_schema(step, max_tokens, program) if self.config.structured else None
         sampling = Sampling(
             temperature=self.config.temperature, top_p=1.0, max_tokens=max_tokens, seed=0, json_schema=schema
         )
@@ -108,6 +136,32 @@ class StepContext:
             await self._client.aclose()
         if self._market is not None:
             self._market.market.close()
+
+
+async def intake_step(payload: ChainPayload, ctx: StepContext) -> None:
+    """The intake: the classifier's label, and whether the news repeats a recent item; either may stop the chain."""
+    verdict = (await asyncio.to_thread(ctx.classifier().predict, [payload.news]))[0]
+    key = payload.id or str(payload.request_id)
+    # the same id again (a client's retry) is the same item, not a duplicate of itself
+    duplicate = None if key in ctx.dedup else ctx.dedup.check(key, payload.news)
+    forward = verdict.label in ctx.intake.forward_labels and (ctx.intake.forward_duplicates or duplicate is None)
+    payload.intake = IntakeOut(label=verdict.label, score=round(verdict.score, 6), forward=forward)
+    if duplicate is not None:
+        payload.intake.duplicate_of, payload.intake.duplicate_kind = duplicate.kept_id, duplicate.kind
+        payload.intake.similarity = round(duplicate.similarity, 4)
+    metrics.INTAKE_VERDICTS.labels(verdict.label, "duplicate" if duplicate else "new").inc()
+    if forward:
+        return
+    if verdict.label not in ctx.intake.forward_labels:
+        reason = (
+            f"the intake classifier labels this news {verdict.label} (probability {verdict.score:.2f}); only "
+            f"{' and '.join(ctx.intake.forward_labels)} news goes on to the analysis (intake.forward_labels)"
+        )
+    else:
+        assert duplicate is not None
+        reason = (f"{duplicate.reason()} among the last {ctx.intake.window} items, which was analysed already "
+                  "(intake.forward_duplicates)")  # fmt: skip
+    payload.stopped = Stopped(step=INTAKE, reason=reason)
 
 
 def _top(payload: ChainPayload, step: str) -> SectorOut:
@@ -195,15 +249,53 @@ def _sector_key(top: SectorOut) -> str:
 
 
 async def analysis_step(payload: ChainPayload, ctx: StepContext) -> None:
-    """Step 3: the specific quantitative analysis with the fetched data."""
+    """Step 3: the specific quantitative analysis with the fetched data, and the figures its specification computes."""
     top = _top(payload, "analysis")
     table = {label_of(s.name, s.unit, payload.lang): s.values for s in payload.data or []}
-    messages = analysis_messages(payload.news, top.name, payload.method or "", table, payload.lang)
+    ids = {label_of(s.name, s.unit, payload.lang): s.id for s in payload.data or []}
+    messages = analysis_messages(payload.news, top.name, payload.method or "", table, payload.lang, ids)
     text = await ctx.ask("analysis", messages, payload)
     payload.analysis, payload.direction = read_analysis(text)
+    if ctx.config.quant.enabled:
+        payload.computed = await _computed(payload, ctx, text)
 
 
-HOOKS = {"sectors": sectors_step, "method": method_step, "data": data_step, "analysis": analysis_step}
+async def _computed(payload: ChainPayload, ctx: StepContext, text: str) -> ComputedOut:
+    """Run the answer's specification (or the default) on the fetched series, as of the news date."""
+    series = payload.data or []
+    try:
+        market = ctx.market().market
+        available = [Available(market.info(s.id), (s.name, label_of(s.name, s.unit, payload.lang))) for s in series]
+        computed = (await asyncio.to_thread(compute, read_spec(text), available, market, payload.date,
+                                            ctx.config.quant, payload.ex_post)).to_dict()  # fmt: skip
+    except UserError as exc:  # the database went away between the data step and this one
+        if ctx.config.on_data_unavailable == "error":
+            raise Unavailable(f"step analysis: {exc}", "analysis") from None
+        computed = {"method": None, "spec": None, "source": "default", "spec_error": None, "figures": None,
+                    "series": [], "as_of": payload.date and payload.date.isoformat(), "ex_post": False, "notes": [],
+                    "chart_png": None, "error": f"market data unavailable ({exc}); nothing was computed"}  # fmt: skip
+    if ctx.config.quant.sandbox:
+        computed["program"] = await _program(text, series, ctx)
+    metrics.COMPUTED.labels(computed["method"] or "none", computed["source"]).inc()
+    return ComputedOut(**computed)
+
+
+async def _program(text: str, series: list[SeriesOut], ctx: StepContext) -> dict[str, Any]:
+    from deepmoney.quant.sandbox import SandboxLimits, run_program
+
+    program = read_program(text)
+    if program is None:
+        return {"ok": False, "error": "step 3 wrote no program", "stdout": ""}
+    quant = ctx.config.quant
+    limits = SandboxLimits(cpu_seconds=quant.sandbox_cpu_seconds, wall_seconds=quant.sandbox_wall_seconds,
+                           memory_bytes=quant.sandbox_memory_mb << 20)  # fmt: skip
+    data = {s.id: [(period, value) for period, value in s.values] for s in series}
+    result = await asyncio.to_thread(run_program, program, data, limits)
+    return {"code": program, **result.to_dict()}
+
+
+HOOKS = {INTAKE: intake_step, "sectors": sectors_step, "method": method_step, "data": data_step,
+         "analysis": analysis_step}  # fmt: skip
 
 
 def request_id(payload: ChainPayload, headers: dict[str, str] | None) -> str:
@@ -220,8 +312,10 @@ class StepModel(Model):
         self.hook = HOOKS[step]
 
     def load(self) -> bool:
-        """Ready at once; the data step builds or opens the market database first."""
-        if self.step == "data":
+        """Ready at once; the intake loads its classifier, the data step builds or opens the market database first."""
+        if self.step == INTAKE:
+            self.ctx.classifier()
+        if self.step in ("data", "analysis"):
             try:
                 self.ctx.market()
             except ServiceUnavailable as exc:  # down now may be up later: serve, and say so per request
@@ -246,7 +340,7 @@ class StepModel(Model):
             exc.request_id = payload.request_id
             raise
         elapsed = time.perf_counter() - started
-        metrics.STEP_SECONDS.labels(self.ctx.llm.model, self.step).observe(elapsed)
+        metrics.STEP_SECONDS.labels(self.ctx.llm.model if self.ctx.llm else "", self.step).observe(elapsed)
         payload.timings_ms[self.step] = round(elapsed * 1000, 3)
         log.info("request %s: step %s done in %.0f ms", payload.request_id, self.step, elapsed * 1000,
                  extra={"request_id": payload.request_id, "step": self.step})  # fmt: skip
