@@ -138,15 +138,20 @@ def _run(spec: AnalysisSpec, reader: _Reader, config: QuantConfig, news_date: dt
                      "event window ends on day 0")  # fmt: skip
     ids = spec.series
     if spec.method == "event_study":
-        need = spec.estimation_window + GAP + spec.before + 2
+        need = spec.estimation_window + GAP + spec.before + 12  # a margin for days one series lacks
         asset = reader.series(ids[0], need, "asset", after)
-        if event is None:
-            event = asset.index[-1 - after].date()
-            notes.append(f"undated news: the event day is the last observation, {event.isoformat()}")
         market_id = ids[1] if len(ids) > 1 else None
         if market_id is None and frequency.get(ids[0]) == "daily" and ids[0] != config.market_series:
             market_id = config.market_series
         market = reader.series(market_id, need + 10, "market", after) if market_id else None
+        if event is None:  # undated: the last day both series have
+            last = (
+                min(asset.index[-1 - after], market.index[-1 - after])
+                if market is not None
+                else asset.index[-1 - after]
+            )
+            event = last.date()
+            notes.append(f"undated news: the event day is the last observation, {event.isoformat()}")
         day0 = _event_day(asset, event, notes, ex_post)
         result = methods.event_study(asset, day0, market, spec.estimation_window, GAP, spec.before, after)
         plotted = {"asset": asset, **({"market": market} if market is not None else {})}
@@ -207,7 +212,7 @@ def compute(raw_spec: object, available: list[Available], market: MarketData, ne
     Never raises for what the model wrote or the data cannot support: that is in `spec_error` / `error`.
     Database failures (UserError, ServiceUnavailable) propagate: the caller decides how to answer them.
     """
-    fetched = {a.info.id: list(a.names) for a in available}
+    fetched = {a.info.id: [*a.names, a.info.name_en, a.info.name_zh, *a.info.aliases] for a in available}
     frequency = {a.info.id: a.info.frequency for a in available}
     source, spec_error = "model", None
     try:
