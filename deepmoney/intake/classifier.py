@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from deepmoney.intake.labelled import LABELS, Example
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_MIN_PIECE, _MAX_PIECE = 2, 6  # lengths of the word beginnings and endings the vocabulary may hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,19 +37,38 @@ class Verdict:
     score: float
 
 
+def _vocabulary(words: Counter[str], size: int) -> dict[str, int]:
+    """A WordPiece vocabulary that is the same on every run (the `tokenizers` trainer breaks ties in Rust's
+    per-process hash order): the special tokens, every character alone and as a `##` continuation, then
+    the most frequent whole words, word beginnings and `##` endings (ties by spelling) up to `size`."""
+    chars = sorted({c for word in words for c in word})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    known = set(vocab)
+    pieces: Counter[str] = Counter()
+    for word, count in words.items():
+        pieces[word] += count
+        for cut in range(_MIN_PIECE, min(len(word), _MAX_PIECE + 1)):
+            pieces[word[:cut]] += count
+            pieces[f"##{word[-cut:]}"] += count
+    frequent = sorted((p for p in pieces if p not in known), key=lambda p: (-pieces[p], p))
+    vocab += frequent[: max(0, size - len(vocab))]
+    return {token: i for i, token in enumerate(vocab)}
+
+
 def _tokenizer(texts: list[str], config: ClassifierConfig) -> Any:
     """A BERT WordPiece tokenizer fitted to `texts` (lower-cased; CJK characters are tokens of their own)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=config.vocab_size, min_frequency=1,
-                                        special_tokens=list(SPECIAL_TOKENS))  # fmt: skip
-    tok.train_from_iterator(texts, trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocab = _vocabulary(words, config.vocab_size)
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
