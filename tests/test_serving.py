@@ -78,7 +78,18 @@ def analyst(model: str, messages: list[dict[str, str]]) -> str:
         spec = {"method": "correlation", "series": ["copper.lme", ids[0]]}
     elif "SPEC-EXPOST" in user:
         spec = {"method": "event_study", "series": ["us.oil.wti.daily"], "before": 3, "after": 5}
-    return json.dumps({"analysis": text, "direction": "negative", "spec": spec})
+    answer = {"analysis": text, "direction": "negative", "spec": spec}
+    for marker, program in PROGRAMS.items():
+        if marker in user:
+            answer["program"] = program.replace("ID", ids[0] if ids else "none")
+    return json.dumps(answer)
+
+
+PROGRAMS = {  # what step 3 writes for the sandbox, by a marker in the news
+    "PROGRAM-MEAN": "s = data['ID']\nprint(f'mean {s.mean():.6f} last {s.iloc[-1]:.6f} n {len(s)}')",
+    "PROGRAM-LOOP": "while True:\n    pass",
+    "PROGRAM-PASSWD": "print(open('/etc/passwd').read())",
+}
 
 
 def _options(llm_url: str, **serving: object) -> ServeOptions:
@@ -487,3 +498,24 @@ def test_serving_the_intake_needs_its_classifier(llm: ScriptedOpenAIServer, tmp_
     options.intake_model = str(tmp_path)
     with pytest.raises(UserError, match=r"no config\.json"):
         ChainServer(options)
+
+
+def test_a_sandboxed_program_answers_and_a_bad_one_is_contained(llm: ScriptedOpenAIServer) -> None:
+    options = _options(f"{llm.base_url}#analyst")
+    quant = options.config.serving.quant
+    quant.sandbox, quant.sandbox_cpu_seconds, quant.sandbox_wall_seconds = True, 2, 10.0
+    with BackgroundServer(options) as server:
+        body = _post(server.url, {"news": "PROGRAM-MEAN: oil rallied.", "date": "2015-06-01"}).json()
+        program, data = body["computed"]["program"], body["data"][0]
+        assert program["ok"] and {"process", "rlimits", "audit-hook"} <= set(program["isolation"]), program
+        values = [v for _, v in data["values"]]
+        mean = sum(values) / len(values)
+        assert program["stdout"].strip() == f"mean {mean:.6f} last {values[-1]:.6f} n {len(values)}"
+        loop = _post(server.url, {"news": "PROGRAM-LOOP: oil rallied.", "date": "2015-06-01"})
+        assert loop.status_code == 200 and not loop.json()["computed"]["program"]["ok"]
+        assert "limit" in loop.json()["computed"]["program"]["error"]
+        assert loop.json()["computed"]["figures"]  # the toolbox's figures stand beside the failed program
+        passwd = _post(server.url, {"news": "PROGRAM-PASSWD: oil rallied.", "date": "2015-06-01"}).json()
+        assert passwd["computed"]["program"]["error"].startswith("blocked:") and "root:" not in json.dumps(passwd)
+        assert httpx2.get(server.url + "/v2/health/ready", timeout=10).status_code == 200  # still serving
+        assert "program" in llm.bodies[-1]["response_format"]["json_schema"]["schema"]["properties"]
