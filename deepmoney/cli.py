@@ -460,10 +460,13 @@ def analyze(
     graph: Annotated[bool, typer.Option("--graph", help="--url is an InferenceGraph's URL: post to it as is.")] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Items in flight at once.")] = 8,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for one answer.")] = 900.0,
+    charts: Annotated[
+        Path | None, typer.Option("--charts", help="Write each computed chart to DIR/<id>.png (its path replaces it).")
+    ] = None,
 ) -> None:
-    """Analyse news with a running chain: one JSON answer per item (sectors, answers, data, timings)."""
+    """Analyse news with a running chain: one JSON answer per item (sectors, answers, data, figures, timings)."""
     from deepmoney.serving.client import analyze as run_analyze
-    from deepmoney.serving.client import chain_url, one_item, read_items, report
+    from deepmoney.serving.client import chain_url, one_item, read_items, report, save_charts
 
     if (text is None) == (file is None):
         raise UserError("pass the news text or --file news.jsonl (one of them)")
@@ -471,7 +474,12 @@ def analyze(
         raise UserError("--date and --language are for one text; put date and language in each line of --file")
     items = read_items(file) if file is not None else one_item(str(text), date, language)
     items = items if isinstance(items, list) else [items]
-    lines, error = report(run_analyze(chain_url(url, graph), items, concurrency, timeout))
+    if charts is not None and charts.exists() and not charts.is_dir():
+        raise UserError(f"--charts {charts} is a file; give a directory for the charts")
+    answers = run_analyze(chain_url(url, graph), items, concurrency, timeout)
+    if charts is not None:
+        save_charts(answers, charts)
+    lines, error = report(answers)
     typer.echo("\n".join(lines))
     if error is not None:
         raise error
@@ -523,7 +531,7 @@ def intake_run(
     options = global_options(ctx)
     manifest = run_intake(model, input_path, output, load_config(options.config), quiet=options.quiet,
                           overwrite=overwrite)  # fmt: skip
-    keys = ("items", "objective", "subjective", "duplicates", "forwarded", "resumed")
+    keys = ("items", "objective", "subjective", "duplicates", "rejected", "forwarded", "resumed")
     typer.echo(json.dumps({"output": output, **{k: getattr(manifest, k) for k in keys}}, indent=2))
 
 

@@ -431,6 +431,9 @@ class ClassifierConfig(Section):
     epochs: int = Field(8, ge=1, le=200, description="Passes over the training split.")
     batch_size: int = Field(32, ge=1, le=1024, description="Sentences per optimizer step.")
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Peak AdamW learning rate (linear decay).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout of the hidden states and attention.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Label smoothing of the training loss.")
+    weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay.")
     heldout_fraction: float = Field(
         0.2, gt=0, lt=0.9, description="Share of every (language, label) group kept out of training for the report."
     )
@@ -458,6 +461,14 @@ class IntakeConfig(Section):
         description="Labels that go on to the chain (the recipe analyses objective news only).",
     )
     forward_duplicates: bool = Field(False, description="Let near-duplicates of a kept item go on to the chain too.")
+    subjective_threshold: float = Field(
+        0.6,
+        gt=0,
+        lt=1,
+        description="Probability of 'subjective' above which an item is subjective. Above a half: "
+        "a classifier trained on sentences is less sure of whole articles, and dropping objective news costs more "
+        "than letting an opinion through (docs/intake.md).",
+    )
     batch_size: int = operational(64, ge=1, le=4096, description="Items classified at a time (and made durable).")
     registered_name: str = Field(
         "deepmoney-intake", min_length=1, description="Registered model name of the classifier (intake train)."

@@ -179,6 +179,11 @@ def fingerprint(kind: str, settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({"kind": kind, **settings}, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _a(noun: str) -> str:
+    """The noun with its indefinite article ("an intake-run", "a model")."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def _shown(value: Any) -> str:
     text = json.dumps(value, ensure_ascii=False, default=str)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -241,7 +246,7 @@ def claim_output(storage: Storage, output: str, kind: str, fingerprint_: str, se
     found = existing or started
     if found is None or found.get("kind") != kind:
         if found and found.get("kind"):
-            what = f"holds a {found['kind']} rather than a {kind}"
+            what = f"holds {_a(found['kind'])} rather than {_a(kind)}"
         else:
             more = " and more" if len(names) > 1 else ""
             what = f"is not a deepmoney output (it holds {sorted(names)[0]}{more})"

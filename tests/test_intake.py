@@ -117,7 +117,7 @@ def test_intake_run_labels_dedups_and_forwards(intake_classifier: tuple[Path, ob
             assert not by_id[item["id"]]["forward"]
     assert by_id["opinion"]["label"] == "subjective" and not by_id["opinion"]["forward"]
     objective = sum(v["label"] == "objective" for v in verdicts)
-    assert objective >= 0.85 * len(items)  # Wikinews is news reporting
+    assert objective >= 0.75 * len(items)  # Wikinews is news reporting (88-99% seen over trainings; docs/intake.md)
     forwarded = [json.loads(line) for line in (tmp_path / "out" / FORWARD).read_text().splitlines()]
     expected = [v["id"] for v in verdicts if v["label"] == "objective" and v["duplicate_of"] is None]
     assert [f["id"] for f in forwarded] == expected and summary["forwarded"] == len(expected)
@@ -160,8 +160,7 @@ def test_intake_refuses_bad_input_in_one_line(intake_classifier: tuple[Path, obj
     model = str(intake_classifier[0])
     config = load_config()
     cases = {
-        '{"id": 1, "text": "   "}': "'text' must be a non-empty string",
-        '{"id": 1, "text": 42}': "'text' must be a non-empty string",
+        '{"id": 1, "text": "   "}\n{"id": 2, "text": 42}': "no item has a text to label",
         '{"text": "Oil rose."}': "needs an 'id'",
         '{"id": 1, "text": "Oil rose."}\n{"id": 1, "text": "Gold fell."}': "duplicate id '1'",
         "not json": "not valid JSON",
@@ -172,6 +171,15 @@ def test_intake_refuses_bad_input_in_one_line(intake_classifier: tuple[Path, obj
         with pytest.raises(UserError, match=needle):
             run_intake(model, news, str(tmp_path / f"out{i}"), config, quiet=True)
         assert not (tmp_path / f"out{i}").exists()  # nothing half-written
+    # an item without a usable text is written as rejected, with its reason; the others are labelled
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"id": "e", "text": ""}\n{"id": "n", "text": 42}\n{"id": "a", "text": "Gold rose 2%."}\n')
+    manifest = run_intake(model, mixed, str(tmp_path / "mixed"), config, quiet=True)
+    verdicts = [json.loads(line) for line in (tmp_path / "mixed" / VERDICTS).read_text().splitlines()]
+    assert [v["id"] for v in verdicts] == ["e", "n", "a"] and manifest.rejected == 2 and manifest.items == 3
+    assert all("'text' must be a non-empty string" in v["rejected"] and v["label"] is None for v in verdicts[:2])
+    assert verdicts[2]["rejected"] is None and verdicts[2]["label"] in LABELS
+    assert [list(v) for v in verdicts[:1]] == [list(verdicts[2])]  # one shape for every line
     good = tmp_path / "good.jsonl"
     good.write_text('{"id": "a", "text": "The index rose 2% on Friday."}\n', encoding="utf-8")
     causal = tmp_path / "causal"

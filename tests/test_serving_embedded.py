@@ -167,13 +167,20 @@ def test_serve_and_analyze_from_the_command_line(trained: Path, tmp_path: Path) 
         taken = run_cli("serve", "--model", str(trained), "--port", str(port), env=env)
         assert_clean_error(taken, f"port {port} on 127.0.0.1 is in use")
 
-        result = run_cli("analyze", "--url", url, "The Fed raised rates by 50 basis points.", "--date", "2006-05-10")
+        result = run_cli("analyze", "--url", url, "The Fed raised rates by 50 basis points.", "--date", "2006-05-10",
+                         "--charts", str(tmp_path / "charts"))  # fmt: skip
         assert result.returncode == 0, result.stderr
         lines = result.stdout.strip().splitlines()
         assert len(lines) == 1
         answer = json.loads(lines[0])
         assert isinstance(answer["sectors"], list) and len(answer["answers"]) == 3 and answer["request_id"]
         assert isinstance(answer["data"], list) and "chain" in answer["timings_ms"]
+        computed = answer["computed"]  # the tiny model's specification is noise: the default ran, or none could
+        assert computed["source"] == "default" and computed["spec_error"]
+        if computed["figures"] is not None:
+            assert Path(computed["chart_png"]).read_bytes().startswith(b"\x89PNG")  # --charts wrote it
+        else:
+            assert computed["error"] and not computed["chart_png"]
 
         news = tmp_path / "news.jsonl"
         news.write_text("\n".join(json.dumps({"id": f"n{i}", "text": f"Copper rose {i}%.", "date": "2010-01-04"})

@@ -32,6 +32,7 @@ from deepmoney.storage import Storage, atomic_write_bytes, sha256_file
 log = logging.getLogger(__name__)
 
 KIND = "intake-run"
+_FIELDS = ("id", "date", "label", "score", "duplicate_of", "duplicate_kind", "similarity", "rejected", "forward")
 VERDICTS = "verdicts.jsonl"
 FORWARD = "forward.jsonl"
 
@@ -47,6 +48,7 @@ class IntakeManifest(Manifest):
     subjective: int
     duplicates: int
     forwarded: int
+    rejected: int = 0
     resumed: bool
 
 
@@ -58,28 +60,43 @@ class NewsIn:
     text: str
     date: str | None
     record: dict[str, Any]
+    rejected: str | None = None  # why the item cannot be labelled (an empty or non-text `text`)
 
 
 def read_stream(path: Path) -> list[NewsIn]:
-    """The items of a JSONL news file (`id`, `text` or `news`, optional `date`); one-line errors, nothing written."""
+    """The items of a JSONL news file (`id`, `text` or `news`, optional `date`); one-line errors, nothing written.
+
+    A line that is not an object, or has no usable id, stops the run (its verdict could not be named); an
+    item whose text is empty or not a string is kept as rejected, with the reason, so that no row is lost.
+    """
     items: list[NewsIn] = []
     seen: set[str] = set()
+    first_rejected = None
     for _, where, record in json_lines(path):
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object with id and text")
         if "id" not in record or isinstance(record["id"], (dict, list)) or str(record["id"]).strip() == "":
             raise UserError(f"{where}: every item needs an 'id' (a string or number)")
         text = record.get("text", record.get("news"))
+        rejected = None
         if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{where}: 'text' must be a non-empty string (the news text), not {text!r:.40}")
+            rejected = f"'text' must be a non-empty string (the news text), not {text!r:.40}"
+            first_rejected = first_rejected or where
+            text = ""
         item_id = str(record["id"])
         if item_id in seen:
             raise UserError(f"{where}: duplicate id {item_id!r}; ids must be unique in a stream")
         seen.add(item_id)
         date = record.get("date")
-        items.append(NewsIn(item_id, text, None if date is None else str(date), record))
+        items.append(NewsIn(item_id, text, None if date is None else str(date), record, rejected))
     if not items:
         raise UserError(f"{path}: the news file has no items")
+    if all(item.rejected for item in items):
+        raise UserError(f"{path}: no item has a text to label (every 'text' is empty or not a string)")
+    rejected = sum(item.rejected is not None for item in items)
+    if rejected:
+        log.warning("%d of %d items have no text to label (the first at %s); they are written as rejected",
+                    rejected, len(items), first_rejected)  # fmt: skip
     return items
 
 
@@ -149,7 +166,7 @@ def run_intake(model_dir: str, input_path: Path, output: str, config: DeepmoneyC
         raise UserError(f"--output {output}: {VERDICTS} does not follow the input's items in order; "
                         "pass --overwrite to start again")  # fmt: skip
     dedup = WindowDeduplicator(config.intake.dedup, config.intake.window)
-    texts = {item.id: item.text for item in items}
+    texts = {item.id: item.text for item in items}  # rejected items are never kept, so never replayed
     kept_so_far = [v["id"] for v in done if v["duplicate_of"] is None]
     for item_id in kept_so_far[-config.intake.window :]:  # the window as the stopped run left it
         dedup.check(item_id, texts[item_id])
@@ -166,7 +183,7 @@ def run_intake(model_dir: str, input_path: Path, output: str, config: DeepmoneyC
         objective=sum(v["label"] == "objective" for v in verdicts),
         subjective=sum(v["label"] == "subjective" for v in verdicts),
         duplicates=sum(v["duplicate_of"] is not None for v in verdicts), forwarded=len(forward),
-        resumed=bool(done),
+        rejected=sum(v.get("rejected") is not None for v in verdicts), resumed=bool(done),
     )  # fmt: skip
     write_manifest(out / MANIFEST, manifest)
     (out / RUN_MARKER).unlink(missing_ok=True)
@@ -180,9 +197,18 @@ def _label(items: list[NewsIn], classifier: Classifier, dedup: WindowDeduplicato
     with path.open("a", encoding="utf-8") as handle, tqdm(total=total, initial=done, desc="intake", unit="item",
                                                           disable=quiet) as bar:  # fmt: skip
         for batch in _batches(items, config.intake.batch_size):
-            verdicts = classifier.predict([item.text for item in batch])
+            labelled = [item for item in batch if item.rejected is None]
+            texts = [i.text for i in labelled]
+            found = classifier.predict(texts, threshold=config.intake.subjective_threshold)
+            verdicts = dict(zip((i.id for i in labelled), found, strict=True))
             lines = []
-            for item, verdict in zip(batch, verdicts, strict=True):
+            for item in batch:
+                if item.rejected is not None:
+                    row = dict.fromkeys(_FIELDS) | {"id": item.id, "date": item.date, "forward": False,
+                                                     "rejected": item.rejected}  # fmt: skip
+                    lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                    continue
+                verdict = verdicts[item.id]
                 duplicate = dedup.check(item.id, item.text)
                 row = {
                     "id": item.id,
@@ -192,6 +218,7 @@ def _label(items: list[NewsIn], classifier: Classifier, dedup: WindowDeduplicato
                     "duplicate_of": duplicate.kept_id if duplicate else None,
                     "duplicate_kind": duplicate.kind if duplicate else None,
                     "similarity": round(duplicate.similarity, 4) if duplicate else None,
+                    "rejected": None,
                 }
                 row["forward"] = _forwarded(row, config)
                 lines.append(json.dumps(row, ensure_ascii=False) + "\n")

@@ -119,6 +119,24 @@ def analyze(url: str, items: list[dict[str, Any]], concurrency: int = 8, timeout
     return asyncio.run(_analyze(url, items, concurrency, timeout))
 
 
+def save_charts(answers: list[Answer], directory: Path) -> int:
+    """Write each answer's computed chart to `directory/<id>.png`, the path replacing the base64 in the answer."""
+    import base64
+    import re
+
+    from deepmoney.storage import atomic_write_bytes
+
+    saved = 0
+    for answer in answers:
+        computed = answer.body.get("computed") if answer.status == 200 else None
+        if isinstance(computed, dict) and computed.get("chart_png"):
+            path = directory / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', answer.id) or 'item'}.png"
+            atomic_write_bytes(path, base64.b64decode(computed["chart_png"]))
+            computed["chart_png"] = str(path)
+            saved += 1
+    return saved
+
+
 def report(answers: list[Answer]) -> tuple[list[str], UserError | None]:
     """The JSON lines to print, and the error that ends the run when any item failed."""
     lines, failed = [], [a for a in answers if a.status != 200]

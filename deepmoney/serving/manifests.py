@@ -478,7 +478,10 @@ def serving_runtime(spec: LLMSpec) -> dict:
 
 def _check_steps(spec: StepSpec) -> None:
     if spec.intake_model_uri is not None:
-        _uri_scheme(spec.intake_model_uri)
+        try:
+            _uri_scheme(spec.intake_model_uri)
+        except UserError as exc:
+            raise UserError(f"intake classifier: {exc}") from None
     for step in spec.steps():
         _check_name(f"{spec.prefix}-{step}", "step name (--prefix + step)")
     _check_namespace(spec.namespace)

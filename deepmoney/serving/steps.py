@@ -140,7 +140,8 @@ class StepContext:
 
 async def intake_step(payload: ChainPayload, ctx: StepContext) -> None:
     """The intake: the classifier's label, and whether the news repeats a recent item; either may stop the chain."""
-    verdict = (await asyncio.to_thread(ctx.classifier().predict, [payload.news]))[0]
+    predict = ctx.classifier().predict
+    verdict = (await asyncio.to_thread(predict, [payload.news], threshold=ctx.intake.subjective_threshold))[0]
     key = payload.id or str(payload.request_id)
     # the same id again (a client's retry) is the same item, not a duplicate of itself
     duplicate = None if key in ctx.dedup else ctx.dedup.check(key, payload.news)
