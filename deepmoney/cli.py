@@ -535,6 +535,43 @@ def intake_run(
     typer.echo(json.dumps({"output": output, **{k: getattr(manifest, k) for k in keys}}, indent=2))
 
 
+def plan(
+    model: Annotated[
+        str, typer.Option("--model", help="A preset (deepseek-llm-67b, ...) or a config.json / model dir.")
+    ],
+    gpu: Annotated[str, typer.Option("--gpu", help="a100-40, a100-80, h100-80 or h200-141.")],
+    nodes: Annotated[int, typer.Option("--nodes", help="Nodes of the training pool.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs per node.")] = 8,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per sequence (the pt block size).")] = 4096,
+    micro_batch: Annotated[int, typer.Option("--micro-batch", help="Sequences per GPU per pass.")] = 1,
+    mfu: Annotated[float, typer.Option("--mfu", help="Model-FLOPs utilisation assumed (0.3-0.5 typical).")] = 0.4,
+    tokens: Annotated[float | None, typer.Option("--tokens", help="Tokens to train on: the time it takes.")] = None,
+    precision: Annotated[
+        str, typer.Option("--precision", help="mixed (DeepSpeed bf16, 16 B/param), amp (18) or pure_bf16 (8).")
+    ] = "mixed",
+    context: Annotated[int, typer.Option("--context", help="Serving: tokens per sequence in the KV cache.")] = 4096,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Serving: sequences served at once.")] = 32,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per option (then the serving plan).")
+    ] = False,
+) -> None:
+    """Memory per GPU for each ZeRO setup, whether it fits, the speed and time; the serving parallelism."""
+    from deepmoney.plan.hardware import gpu as find_gpu
+    from deepmoney.plan.memory import PRECISIONS
+    from deepmoney.plan.plan import Request, options, serving
+    from deepmoney.plan.report import json_lines, table
+    from deepmoney.plan.shapes import shape
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if context < 1 or concurrency < 1:
+        raise UserError("--context and --concurrency must be at least 1")
+    request = Request(shape(model), find_gpu(gpu), nodes, gpus_per_node, seq_len, micro_batch, mfu, tokens, precision)
+    found = options(request)
+    served = serving(request.shape, request.gpu, context, concurrency, gpus_per_node)
+    typer.echo(json_lines(found, served) if as_json else table(request, found, served))
+
+
 def quickstart(
     ctx: typer.Context,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
@@ -573,6 +610,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "analyze": analyze,
     "intake train": intake_train,
     "intake run": intake_run,
+    "plan": plan,
     "quickstart": quickstart,
 }
 

@@ -1,0 +1,1 @@
+"""Capacity planning: memory per GPU, fit, speed and serving parallelism from a model's shape (docs/capacity.md)."""
