@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deepmoney.data.text import detect_language
 from deepmoney.errors import UserError
+from deepmoney.jsonl import json_lines
 
 LABELS = ("objective", "subjective")  # index = class id of the classifier
 SHIPPED = Path(__file__).with_name("data") / "subjectivity.jsonl"
@@ -49,20 +50,7 @@ def read_labelled(paths: list[Path] | None = None) -> list[Example]:
     examples: dict[str, Example] = {}
     where_of: dict[str, str] = {}
     for path in paths or [SHIPPED]:
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except FileNotFoundError:
-            raise UserError(f"--data {path}: no such file; give a JSONL file of labelled sentences") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"--data {path}: cannot read it ({exc})") from None
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise UserError(f"{where}: not valid JSON ({exc.args[0] if exc.args else exc})") from None
+        for _, where, record in json_lines(path, "labelled file", "give --data a JSONL file of labelled sentences"):
             example = _example(record, where)
             seen = examples.get(example.text)
             if seen is not None and seen.label != example.label:
