@@ -23,8 +23,9 @@ from typing import Any
 
 from deepmoney.config import DeepmoneyConfig, result_settings
 from deepmoney.errors import UserError
-from deepmoney.intake.classifier import Classifier
+from deepmoney.intake.classifier import Classifier, Verdict
 from deepmoney.intake.dedup import WindowDeduplicator
+from deepmoney.intake.policy import goes_on
 from deepmoney.jsonl import json_lines
 from deepmoney.stage import MANIFEST, RUN_MARKER, Manifest, claim_output, fingerprint, utc_now, write_manifest
 from deepmoney.storage import Storage, atomic_write_bytes, sha256_file
@@ -125,11 +126,6 @@ def _read_verdicts(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in data[:end].decode("utf-8").splitlines() if line.strip()]
 
 
-def _forwarded(verdict: dict[str, Any], config: DeepmoneyConfig) -> bool:
-    duplicate = verdict["duplicate_of"] is not None
-    return verdict["label"] in config.intake.forward_labels and (config.intake.forward_duplicates or not duplicate)
-
-
 def _batches(items: list[NewsIn], size: int) -> Iterator[list[NewsIn]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -172,10 +168,7 @@ def run_intake(model_dir: str, input_path: Path, output: str, config: DeepmoneyC
         dedup.check(item_id, texts[item_id])
     if done:
         log.info("resuming: %d of %d items already have their verdicts", len(done), len(items))
-    _label(items[len(done) :], classifier, dedup, out / VERDICTS, config, quiet, len(items), len(done))
-    verdicts = _read_verdicts(out / VERDICTS)
-    if len(verdicts) != len(items):
-        raise RuntimeError(f"{len(verdicts)} verdicts for {len(items)} items")  # cannot happen: a bug
+    verdicts = done + _label(items[len(done) :], classifier, dedup, out / VERDICTS, config, quiet, len(items))
     forward = [item.record | {"intake": v} for item, v in zip(items, verdicts, strict=True) if v["forward"]]
     atomic_write_bytes(out / FORWARD, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in forward).encode())
     manifest = IntakeManifest(
@@ -191,9 +184,12 @@ def run_intake(model_dir: str, input_path: Path, output: str, config: DeepmoneyC
 
 
 def _label(items: list[NewsIn], classifier: Classifier, dedup: WindowDeduplicator, path: Path,
-           config: DeepmoneyConfig, quiet: bool, total: int, done: int) -> None:  # fmt: skip
+           config: DeepmoneyConfig, quiet: bool, total: int) -> list[dict[str, Any]]:  # fmt: skip
+    """Append the verdicts of `items` (the rest of a stream of `total`) to `path`, a batch at a time; the rows."""
     from tqdm import tqdm
 
+    rows: list[dict[str, Any]] = []
+    done = total - len(items)
     with path.open("a", encoding="utf-8") as handle, tqdm(total=total, initial=done, desc="intake", unit="item",
                                                           disable=quiet) as bar:  # fmt: skip
         for batch in _batches(items, config.intake.batch_size):
@@ -201,28 +197,29 @@ def _label(items: list[NewsIn], classifier: Classifier, dedup: WindowDeduplicato
             texts = [i.text for i in labelled]
             found = classifier.predict(texts, threshold=config.intake.subjective_threshold)
             verdicts = dict(zip((i.id for i in labelled), found, strict=True))
-            lines = []
-            for item in batch:
-                if item.rejected is not None:
-                    row = dict.fromkeys(_FIELDS) | {"id": item.id, "date": item.date, "forward": False,
-                                                     "rejected": item.rejected}  # fmt: skip
-                    lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-                    continue
-                verdict = verdicts[item.id]
-                duplicate = dedup.check(item.id, item.text)
-                row = {
-                    "id": item.id,
-                    "date": item.date,
-                    "label": verdict.label,
-                    "score": round(verdict.score, 6),
-                    "duplicate_of": duplicate.kept_id if duplicate else None,
-                    "duplicate_kind": duplicate.kind if duplicate else None,
-                    "similarity": round(duplicate.similarity, 4) if duplicate else None,
-                    "rejected": None,
-                }
-                row["forward"] = _forwarded(row, config)
-                lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+            new = [_row(item, verdicts.get(item.id), dedup, config) for item in batch]
+            rows += new
+            lines = [json.dumps(row, ensure_ascii=False) + "\n" for row in new]
             handle.write("".join(lines))
             handle.flush()
             os.fsync(handle.fileno())  # a batch is on disk before the next is read: a kill loses at most one
             bar.update(len(batch))
+    return rows
+
+
+def _row(item: NewsIn, verdict: Verdict | None, dedup: WindowDeduplicator, config: DeepmoneyConfig) -> dict[str, Any]:
+    """One line of verdicts.jsonl (the dedup window takes the item in when it is new)."""
+    if item.rejected is not None or verdict is None:
+        return dict.fromkeys(_FIELDS) | {"id": item.id, "date": item.date, "forward": False, "rejected": item.rejected}
+    duplicate = dedup.check(item.id, item.text)
+    return {
+        "id": item.id,
+        "date": item.date,
+        "label": verdict.label,
+        "score": round(verdict.score, 6),
+        "duplicate_of": duplicate.kept_id if duplicate else None,
+        "duplicate_kind": duplicate.kind if duplicate else None,
+        "similarity": round(duplicate.similarity, 4) if duplicate else None,
+        "rejected": None,
+        "forward": goes_on(verdict.label, duplicate is not None, config.intake),
+    }

@@ -34,6 +34,7 @@ from deepmoney.config import IntakeConfig, ServingConfig
 from deepmoney.errors import ServiceUnavailable, UserError
 from deepmoney.intake.classifier import Classifier
 from deepmoney.intake.dedup import WindowDeduplicator
+from deepmoney.intake.policy import goes_on
 from deepmoney.llm.client import LLMRequestError, OpenAIChatClient, RetryPolicy, Sampling
 from deepmoney.llm.errors import LLMEndpointDown, LLMFatalError, LLMGaveUp
 from deepmoney.llm.roles import Endpoint
@@ -145,7 +146,7 @@ async def intake_step(payload: ChainPayload, ctx: StepContext) -> None:
     key = payload.id or str(payload.request_id)
     # the same id again (a client's retry) is the same item, not a duplicate of itself
     duplicate = None if key in ctx.dedup else ctx.dedup.check(key, payload.news)
-    forward = verdict.label in ctx.intake.forward_labels and (ctx.intake.forward_duplicates or duplicate is None)
+    forward = goes_on(verdict.label, duplicate is not None, ctx.intake)
     payload.intake = IntakeOut(label=verdict.label, score=round(verdict.score, 6), forward=forward)
     if duplicate is not None:
         payload.intake.duplicate_of, payload.intake.duplicate_kind = duplicate.kept_id, duplicate.kind
