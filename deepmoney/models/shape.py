@@ -15,6 +15,12 @@ def decoder_parameters(*, hidden: int, layers: int, heads: int, kv_heads: int, i
     return layers * (attention + 3 * hidden * intermediate) + vocab * hidden * (1 if tied else 2)
 
 
+def splits_heads(tp: int, heads: int | None, kv_heads: int | None) -> bool:
+    """Whether vLLM can shard attention over `tp` ranks: TP divides the heads, and the key-value heads are
+    sharded (TP divides them) or replicated (they divide TP). None: that count is unknown, so no constraint."""
+    return (heads is None or heads % tp == 0) and (kv_heads is None or kv_heads % tp == 0 or tp % kv_heads == 0)
+
+
 def model_shape(model_dir: Path) -> dict[str, int]:
     """Sizes the memory and FLOP estimates and the data checks need (vocab = embedding rows)."""
     from transformers import AutoConfig

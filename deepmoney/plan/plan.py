@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from deepmoney.errors import UserError
+from deepmoney.models.shape import splits_heads
 from deepmoney.plan import memory
 from deepmoney.plan.hardware import Gpu
 from deepmoney.plan.shapes import Shape
@@ -117,8 +118,8 @@ class ServingPlan:
 
 
 def valid_tp(shape: Shape, tp: int) -> bool:
-    """Whether vLLM can split the heads `tp` ways (the heads divide, the KV heads divide or are replicated)."""
-    return shape.heads % tp == 0 and (shape.kv_heads % tp == 0 or tp % shape.kv_heads == 0)
+    """Whether vLLM can split the model's heads `tp` ways (`models.shape.splits_heads`)."""
+    return splits_heads(tp, shape.heads, shape.kv_heads)
 
 
 def serving(shape: Shape, gpu: Gpu, context: int, concurrency: int, gpus_per_node: int = 8,

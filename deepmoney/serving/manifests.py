@@ -54,6 +54,7 @@ import yaml
 
 from deepmoney import env as deepmoney_env
 from deepmoney.errors import UserError
+from deepmoney.models.shape import splits_heads
 from deepmoney.serving.payload import INTAKE, REQUEST_ID_HEADER, STEPS
 
 KSERVE_VERSION = "v0.21.0"
@@ -174,13 +175,7 @@ def tensor_parallel(gpus: int, nodes: int, attention_heads: int | None, kv_heads
 
 def _valid_tp(attention_heads: int | None, kv_heads: int | None) -> str:
     limit = min(attention_heads or 64, 64)
-    ok = [
-        t
-        for t in range(1, limit + 1)
-        if (attention_heads is None or attention_heads % t == 0)
-        and (kv_heads is None or kv_heads % t == 0 or t % kv_heads == 0)
-    ]
-    return ", ".join(map(str, ok))
+    return ", ".join(str(t) for t in range(1, limit + 1) if splits_heads(t, attention_heads, kv_heads))
 
 
 def _check_name(value: str, what: str, max_len: int = 53) -> None:

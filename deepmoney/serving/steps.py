@@ -39,7 +39,7 @@ from deepmoney.llm.client import LLMRequestError, OpenAIChatClient, RetryPolicy,
 from deepmoney.llm.errors import LLMEndpointDown, LLMFatalError, LLMGaveUp
 from deepmoney.llm.roles import Endpoint
 from deepmoney.marketdata.source import MarketData
-from deepmoney.quant.compute import Available, compute
+from deepmoney.quant.compute import Available, Computed, compute
 from deepmoney.serving import metrics
 from deepmoney.serving.errors import BadRequest, ServingError, StepTimeout, Unavailable, UpstreamFailed
 from deepmoney.serving.payload import (
@@ -273,9 +273,9 @@ async def _computed(payload: ChainPayload, ctx: StepContext, text: str) -> Compu
     except UserError as exc:  # the database went away between the data step and this one
         if ctx.config.on_data_unavailable == "error":
             raise Unavailable(f"step analysis: {exc}", "analysis") from None
-        computed = {"method": None, "spec": None, "source": "default", "spec_error": None, "figures": None,
-                    "series": [], "as_of": payload.date and payload.date.isoformat(), "ex_post": False, "notes": [],
-                    "chart_png": None, "error": f"market data unavailable ({exc}); nothing was computed"}  # fmt: skip
+        computed = Computed(method=None, spec=None, source="default", spec_error=None, figures=None,
+                            as_of=payload.date and payload.date.isoformat(),
+                            error=f"market data unavailable ({exc}); nothing was computed").to_dict()  # fmt: skip
     if ctx.config.quant.sandbox:
         computed["program"] = await _program(text, series, ctx)
     metrics.COMPUTED.labels(computed["method"] or "none", computed["source"]).inc()
