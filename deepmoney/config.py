@@ -433,6 +433,13 @@ class ClassifierConfig(Section):
     learning_rate: float = Field(1e-3, gt=0, le=1, description="Peak AdamW learning rate (linear decay).")
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout of the hidden states and attention.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Label smoothing of the training loss.")
+    token_dropout: float = Field(
+        0.15,
+        ge=0,
+        lt=0.9,
+        description="Share of a training sentence's tokens replaced by [UNK] at each pass, so that the model "
+        "learns to judge a sentence with words it has never seen (as it must on real news).",
+    )
     weight_decay: float = Field(0.01, ge=0, le=1, description="AdamW weight decay.")
     heldout_fraction: float = Field(
         0.2, gt=0, lt=0.9, description="Share of every (language, label) group kept out of training for the report."

@@ -117,9 +117,9 @@ def test_intake_run_labels_dedups_and_forwards(intake_classifier: tuple[Path, ob
             assert not by_id[item["id"]]["forward"]
     assert by_id["opinion"]["label"] == "subjective" and not by_id["opinion"]["forward"]
     objective = sum(v["label"] == "objective" for v in verdicts)
-    # Wikinews is news reporting; the from-scratch classifier labels 70-100% of these 60 stories objective
-    # depending on the training (its vocabulary is not reproducible: docs/intake.md)
-    assert objective >= 0.6 * len(items)
+    # Wikinews is news reporting; eighteen trainings labelled 83-100% of these 60 stories objective (the
+    # vocabulary is not reproducible, so neither is the share: docs/intake.md)
+    assert objective >= 0.75 * len(items)
     forwarded = [json.loads(line) for line in (tmp_path / "out" / FORWARD).read_text().splitlines()]
     expected = [v["id"] for v in verdicts if v["label"] == "objective" and v["duplicate_of"] is None]
     assert [f["id"] for f in forwarded] == expected and summary["forwarded"] == len(expected)

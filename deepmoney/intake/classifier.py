@@ -42,9 +42,9 @@ def _tokenizer(texts: list[str], config: ClassifierConfig) -> Any:
     """A BERT WordPiece tokenizer fitted to `texts` (lower-cased; CJK characters are tokens of their own).
 
     The `tokenizers` trainer breaks ties between equally frequent merges in a per-process hash order, so
-    two trainings on the same data can differ slightly (held-out accuracy 0.93-0.95 seen); a vocabulary
-    built from sorted counts instead was reproducible but generalised worse to whole articles (64% of
-    Wikinews stories objective against 98%), so the trainer stays.
+    two trainings on the same data can differ slightly (held-out accuracy 0.93-0.98 seen); a vocabulary
+    of whole words by sorted count was reproducible but scored worse on held-out sentences (0.88 against
+    0.93-0.98 on the default split), so the trainer stays.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
@@ -84,6 +84,18 @@ def _batches(n: int, size: int, rng: random.Random) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, n, size)]
 
 
+def _drop_tokens(ids: list[int], share: float, unknown: int, keep: set[int], rng: random.Random) -> list[int]:
+    """`ids` with about `share` of its non-special tokens replaced by `unknown`.
+
+    Every word of a training sentence is in a vocabulary fitted to those sentences, so without this
+    the model never meets [UNK] or a rare piece and judges unseen news wording arbitrarily: six
+    trainings labelled 52-93% of 60 Wikinews stories objective without it, eighteen 83-100% with 0.15.
+    """
+    if not share:
+        return list(ids)
+    return [unknown if token not in keep and rng.random() < share else token for token in ids]
+
+
 def train_classifier(train: list[Example], config: ClassifierConfig, output: Path,
                      progress: Any = None) -> list[dict[str, float]]:  # fmt: skip
     """Fit the tokenizer and the model on `train`, save them to `output`; the loss per epoch.
@@ -116,12 +128,14 @@ def _fit(train: list[Example], config: ClassifierConfig, output: Path, progress:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
     )
+    unknown, keep = tokenizer.unk_token_id, set(tokenizer.all_special_ids)
     history = []
     model.train()
     for epoch in range(1, config.epochs + 1):
         losses = []
         for batch in _batches(len(train), config.batch_size, rng):
-            inputs = tokenizer.pad({"input_ids": [encoded["input_ids"][i] for i in batch]}, return_tensors="pt")
+            ids = [_drop_tokens(encoded["input_ids"][i], config.token_dropout, unknown, keep, rng) for i in batch]
+            inputs = tokenizer.pad({"input_ids": ids}, return_tensors="pt")
             logits = model(**inputs).logits
             # smoothed targets keep a model this small from the certainty that sinks it on unseen wording
             loss = torch.nn.functional.cross_entropy(logits, labels[batch], label_smoothing=config.label_smoothing)
