@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from deepmoney.errors import UserError
+from deepmoney.kube import to_yaml
 from deepmoney.serving import manifests as m
 from tests import crd_schema
 from tests.crd_schema import needs_crds
@@ -332,7 +333,7 @@ def test_labels_and_namespaces() -> None:
 
 def test_to_yaml_round_trips() -> None:
     objects = m.render(TWO_NODES, STEPS_WITH_DB)
-    text = m.to_yaml(objects)
+    text = to_yaml(objects)
     assert text.count("\n---\n") == len(objects) - 1
     assert list(yaml.safe_load_all(text)) == objects
     assert text.startswith("apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\n")  # not sorted

@@ -50,10 +50,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from deepmoney import env as deepmoney_env
 from deepmoney.errors import UserError
+from deepmoney.kube import DNS_SUBDOMAIN, check_label, check_namespace
 from deepmoney.models.shape import splits_heads
 from deepmoney.serving.payload import INTAKE, REQUEST_ID_HEADER, STEPS
 
@@ -78,8 +77,6 @@ LOAD_GB_PER_S = 0.1
 STARTUP_BASE_S = 300
 PROBE_PERIOD_S = 10
 
-_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _GIB_PER_UNIT = {
     None: 1 / 2**30,
@@ -180,16 +177,7 @@ def _valid_tp(attention_heads: int | None, kv_heads: int | None) -> str:
 
 def _check_name(value: str, what: str, max_len: int = 53) -> None:
     # 53: "<name>-predictor" must still fit a 63-character Service name.
-    if not value or len(value) > max_len or not _DNS_LABEL.match(value):
-        raise UserError(
-            f"{what} {value!r}: must be lower-case letters, digits and '-', start with a letter, "
-            f"at most {max_len} characters"
-        )
-
-
-def _check_namespace(namespace: str | None) -> None:
-    if namespace is not None and (len(namespace) > 63 or not _DNS_LABEL.match(namespace)):
-        raise UserError(f"namespace {namespace!r}: must be a DNS-1123 label (lower-case letters, digits and '-')")
+    check_label(value, what, max_len)
 
 
 def _uri_scheme(uri: str) -> str:
@@ -203,7 +191,7 @@ def _uri_scheme(uri: str) -> str:
         raise UserError(f"model URI {uri!r}: names no bucket, claim or repository; add the model's folder")
     if scheme == "pvc":
         claim = rest.split("/", 1)[0]
-        if len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim):
+        if len(claim) > 253 or not DNS_SUBDOMAIN.match(claim):
             raise UserError(f"model URI {uri!r}: {claim!r} is not a valid PVC name; use pvc://<claim>/<path>")
     return scheme
 
@@ -217,7 +205,7 @@ def _check_llm(spec: LLMSpec, *, multi_node_needs_pvc: bool) -> tuple[int, int]:
             f"ReadWriteMany PVC on every node; copy the model to one and use pvc://<claim>/<path>"
         )
     _check_name(spec.name, "LLM name")
-    _check_namespace(spec.namespace)
+    check_namespace(spec.namespace)
     if spec.max_model_len < 1:
         raise UserError(f"--max-model-len {spec.max_model_len}: must be at least 1")
     if spec.model_size_gb <= 0:
@@ -479,12 +467,12 @@ def _check_steps(spec: StepSpec) -> None:
             raise UserError(f"intake classifier: {exc}") from None
     for step in spec.steps():
         _check_name(f"{spec.prefix}-{step}", "step name (--prefix + step)")
-    _check_namespace(spec.namespace)
+    check_namespace(spec.namespace)
     if not spec.image.strip():
         raise UserError("the step image is empty: give the project image, e.g. ghcr.io/deepmoney/deepmoney:<version>")
     if not spec.llm_url.startswith(("http://", "https://")):
         raise UserError(f"--llm {spec.llm_url!r}: must be the LLM's http(s):// OpenAI base URL")
-    if spec.market_data_secret is not None and not _DNS_SUBDOMAIN.match(spec.market_data_secret):
+    if spec.market_data_secret is not None and not DNS_SUBDOMAIN.match(spec.market_data_secret):
         raise UserError(f"market-data secret {spec.market_data_secret!r}: not a valid Secret name")
     if spec.router_timeout_s < 1:
         raise UserError(f"router timeout {spec.router_timeout_s} s: must be at least 1 second")
@@ -647,8 +635,3 @@ def render(llm: LLMSpec, steps: StepSpec, kind: str = "inferenceservice", *, wit
     else:
         raise UserError(f"--kind {kind!r}: use inferenceservice or llminferenceservice")
     return [*objects, *step_inference_services(steps), inference_graph(steps)]
-
-
-def to_yaml(objects: list[dict]) -> str:
-    """Multi-document YAML, fields in the order they were built."""
-    return "---\n".join(yaml.safe_dump(obj, sort_keys=False, allow_unicode=True) for obj in objects)

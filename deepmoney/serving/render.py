@@ -12,20 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from deepmoney import __version__
 from deepmoney.errors import UserError
+from deepmoney.kube import default_image, to_yaml
 from deepmoney.models.shape import decoder_parameters
-from deepmoney.serving.manifests import LLMSpec, StepSpec, llm_url, render, router_headers_note, to_yaml
+from deepmoney.serving.manifests import LLMSpec, StepSpec, llm_url, render, router_headers_note
 
 log = logging.getLogger(__name__)
 
-IMAGE_REPOSITORY = "ghcr.io/deepmoney/deepmoney"
 BYTES_PER_PARAMETER = 2  # bf16 weights
-
-
-def default_image() -> str:
-    """The project image of this version (a pinned tag, never `latest`)."""
-    return f"{IMAGE_REPOSITORY}:{__version__.replace('+', '-')}"
 
 
 def read_model_config(path: str) -> dict[str, Any]:
