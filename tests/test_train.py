@@ -280,18 +280,24 @@ def test_model_data_and_checkpoints_on_s3(tmp_path: Path, tiny_model: Path, pt_d
     assert m["final_loss"] == pytest.approx(manifest_of(tmp_path / "s3run")["final_loss"])
 
 
-@pytest.mark.parametrize("entrypoint", [["-m", "deepmoney.train"], ["-m", "deepmoney", "train"]],
-                         ids=["python -m deepmoney.train", "deepmoney train"])  # fmt: skip
-def test_trainer_v2_pod_variables_start_torchrun(tmp_path: Path, tiny_model: Path, pt_data: Path,
-                                                 entrypoint: list[str]) -> None:  # fmt: skip
-    """A Kubeflow Trainer node gets only PET_* variables; either entrypoint becomes the torchrun they describe."""
+@pytest.mark.parametrize(("entrypoint", "operator_sets_rank"), [(["-m", "deepmoney.train"], False),
+                                                                  (["-m", "deepmoney", "train"], True)],
+                         ids=["trainjob-node-module-entrypoint", "pytorchjob-master-deepmoney-train"])  # fmt: skip
+def test_operator_pod_variables_start_torchrun(tmp_path: Path, tiny_model: Path, pt_data: Path,
+                                               entrypoint: list[str], operator_sets_rank: bool) -> None:  # fmt: skip
+    """A Trainer v2 node gets PET_* variables; a PyTorchJob's Master also the node's RANK and the WORLD_SIZE of
+    all ranks. Either way, either entrypoint becomes the torchrun they describe."""
     out = tmp_path / "pet"
     config = tmp_path / "train.yaml"
     config.write_text(json.dumps({"train": {"stage": "pt", "model": str(tiny_model), "data": str(pt_data),
                                             "output": str(out), "max_steps": 4, "micro_batch": 2}}))  # fmt: skip
+    port = str(_free_port())
     pod = {"PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0", "PET_MASTER_ADDR": "127.0.0.1",
-           "PET_MASTER_PORT": str(_free_port()), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
-    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}, **QUIET_MLFLOW, **pod}
+           "PET_MASTER_PORT": port, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}  # fmt: skip
+    if operator_sets_rank:
+        pod |= {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           **QUIET_MLFLOW, **pod}  # fmt: skip
     command = [sys.executable, *entrypoint, "--config", str(config)]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]

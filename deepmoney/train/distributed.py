@@ -2,10 +2,10 @@
 
 torchrun (and a PyTorchJob whose command is torchrun) gives each process `RANK`, `WORLD_SIZE`,
 `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` and `MASTER_PORT`. Kubeflow Trainer v2 and the
-Training Operator's elastic mode instead give the pod `PET_NNODES`, `PET_NPROC_PER_NODE`,
-`PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT`, the arguments of a torchrun the
-container is expected to run; `torchrun_argv` turns them into that command, so the entrypoint
-works as the container command in either case.
+Training Operator (PyTorchJob with `nprocPerNode`) instead give the pod `PET_NNODES`,
+`PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT` (or, elastic,
+`PET_RDZV_*`), the arguments of a torchrun the container is expected to run; `torchrun_argv`
+turns them into that command, so the entrypoint works as the container command in either case.
 """
 
 from __future__ import annotations
@@ -65,9 +65,13 @@ def dist_env(env: Mapping[str, str] | None = None) -> DistEnv:
 
 
 def needs_torchrun(env: Mapping[str, str] | None = None) -> bool:
-    """True in a pod given only `PET_*` torchrun arguments (Trainer v2), not yet under torchrun."""
+    """True in a pod given `PET_*` torchrun arguments, not yet under torchrun.
+
+    A PyTorchJob with a Master also sets `RANK` and `WORLD_SIZE` — of the node, not of a process —
+    so `RANK` cannot tell; `LOCAL_RANK`, which torchrun gives every process it starts, does.
+    """
     env = os.environ if env is None else env
-    return names.RANK not in env and names.PET_NNODES in env
+    return names.LOCAL_RANK not in env and names.PET_NNODES in env
 
 
 def torchrun_argv(env: Mapping[str, str], max_restarts: int) -> list[str]:
