@@ -572,6 +572,57 @@ def plan(
     typer.echo(json_lines(found, served) if as_json else table(request, found, served))
 
 
+def launch(
+    ctx: typer.Context,
+    backend: Annotated[str, typer.Option("--backend", help="local (torchrun here), pytorchjob or trainjob.")],
+    stage: Annotated[str | None, typer.Option("--stage", help="pt (packed corpus) or sft (chat examples).")] = None,
+    nodes: Annotated[int, typer.Option("--nodes", help="Pods (one per node) of the job.")] = 1,
+    gpus_per_node: Annotated[
+        int | None, typer.Option("--gpus-per-node", help="GPUs per pod (0: a CPU pool; default 8); local: ranks.")
+    ] = None,
+    render: Annotated[bool, typer.Option("--render", help="Print the objects as YAML; submit nothing.")] = False,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Job name; default <stage>-<output directory name>.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Base model: s3://, models:/ or a path on the claim.")
+    ] = None,
+    data: Annotated[str | None, typer.Option("--data", help="pt corpus or sft dataset: s3:// or on the claim.")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output directory on the claim.")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="The pods' image (default: this version's).")] = None,
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace of the job.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", min=1, help="Optimizer steps.")] = None,
+    micro_batch: Annotated[int | None, typer.Option("--micro-batch", min=1, help="Blocks per rank per pass.")] = None,
+    zero: Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage: 0, 1, 2 or 3.")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters or all parameters.")] = None,
+) -> None:
+    """Train on the cluster's GPU pool as a PyTorchJob or TrainJob (--render prints it), or here with torchrun."""
+    from deepmoney.launch.render import check_backend, render_objects
+
+    options = global_options(ctx)
+    flags = {"train.stage": stage, "train.model": model, "train.data": data, "train.output": output,
+             "train.max_steps": max_steps, "train.micro_batch": micro_batch, "train.zero.stage": zero,
+             "train.lora.enabled": lora, "launch.image": image, "launch.namespace": namespace}  # fmt: skip
+    config = load_config(options.config, overrides_from_flags(**flags))
+    if check_backend(backend) == "local":
+        if render:
+            raise UserError("--render prints a cluster job; with --backend local there is none (use pytorchjob)")
+        from deepmoney.train.command import summary
+
+        if gpus_per_node is not None:
+            config = load_config(options.config, overrides_from_flags(**flags, **{"train.nproc": gpus_per_node}))
+        typer.echo(summary(_run_training(config, "local", options.quiet, False)))
+        return
+    from deepmoney.kube import to_yaml
+
+    gpus = 8 if gpus_per_node is None else gpus_per_node
+    objects = render_objects(config, backend, nodes=nodes, gpus_per_node=gpus, name=name)
+    if not render:
+        raise UserError(f"submitting a {objects[-1]['kind']} from here is not in this version yet: print it with "
+                        "--render and apply it with kubectl apply -f -")  # fmt: skip
+    typer.echo(to_yaml(objects), nl=False)
+
+
 def quickstart(
     ctx: typer.Context,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
@@ -611,6 +662,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "intake train": intake_train,
     "intake run": intake_run,
     "plan": plan,
+    "launch": launch,
     "quickstart": quickstart,
 }
 

@@ -483,6 +483,82 @@ class IntakeConfig(Section):
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
 
+class GangConfig(Section):
+    """Gang scheduling of a PyTorchJob (`runPolicy.schedulingPolicy`, for Volcano or the scheduler plugins)."""
+
+    enabled: bool = Field(False, description="Start every pod of the job at once or none (no half-started jobs).")
+    queue: str | None = Field(None, description="Scheduler queue of the job (Volcano queue).")
+    priority_class: str | None = Field(None, description="PriorityClass of the job's pod group.")
+    schedule_timeout_seconds: int | None = Field(
+        None, ge=1, description="How long the pod group may wait to be scheduled before the job fails."
+    )
+
+
+class LaunchConfig(Section):
+    """`deepmoney launch`: a training run as a PyTorchJob (Training Operator v1) or TrainJob (Kubeflow Trainer v2).
+
+    Where the pods run and what they get; none of it changes what is trained (docs/launch.md).
+    """
+
+    namespace: str = Field("default", description="Namespace of the job and its ConfigMap.")
+    image: str | None = Field(None, description="The project image of the pods; unset = this version's release.")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = Field("IfNotPresent", description="Pull policy.")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets to pull a private image.")
+    service_account: str | None = Field(None, description="ServiceAccount of the pods (e.g. one bound to S3 by IRSA).")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource a GPU is requested as.")
+    cpu_per_node: str | None = Field(None, description="CPU request and limit per pod (e.g. '96'); unset = none.")
+    memory_per_node: str | None = Field(None, description="Memory request and limit per pod (e.g. '1600Gi').")
+    shm_size: str = Field(
+        "64Gi",
+        description="Size of /dev/shm (a memory emptyDir); NCCL and DataLoader workers fail on 64 MiB.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels of the GPU pool's nodes (e.g. node.kubernetes.io/instance-type)."
+    )
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Tolerations for the pool's taints.")
+    affinity: dict[str, Any] | None = Field(None, description="Pod affinity (e.g. to keep the nodes in one rack).")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment of the training container (the fabric's NCCL_* settings, say); "
+        "NCCL_DEBUG=WARN unless set here.",
+    )
+    s3_secret: str | None = Field(
+        None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL) for s3:// data."
+    )
+    mlflow_secret: str | None = Field(
+        None, description="Secret with MLFLOW_TRACKING_URI (and MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN)."
+    )
+    volume_claim: str | None = Field(
+        None, description="ReadWriteMany PVC every pod mounts: the output, checkpoints, and local data and models."
+    )
+    volume_mount: str = Field("/workspace", description="Where the claim is mounted in the pods.")
+    run_as_user: int = Field(1000, ge=1, description="Non-root user the pods run as (also their fsGroup).")
+    elastic: bool = Field(
+        False,
+        description="PyTorchJob: Workers only, with an elasticPolicy (c10d rendezvous), not Master + Workers.",
+    )
+    min_nodes: int | None = Field(None, ge=1, description="Elastic: fewest nodes the job runs on; unset = --nodes.")
+    max_restarts: int = Field(3, ge=0, description="Restarts of the whole job after a crash (not a user error).")
+    clean_pod_policy: Literal["None", "Running", "All"] = Field(
+        "Running", description="PyTorchJob: pods deleted when the job ends (Running keeps failed pods' logs)."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        259200, ge=0, description="Seconds a finished job is kept before Kubernetes deletes it; unset = kept."
+    )
+    active_deadline_seconds: int | None = Field(
+        None, ge=1, description="Wall-clock limit of the job: it fails when it runs longer."
+    )
+    kueue_queue: str | None = Field(None, description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
+    gang: GangConfig = Field(default_factory=GangConfig)
+    runtime: str = Field(
+        "torch-distributed", description="TrainJob: the (Cluster)TrainingRuntime it runs on (a torch runtime)."
+    )
+    poll_seconds: float = Field(10.0, gt=0, description="How often a waiting launcher reads the job's status.")
+    restarting_limit_seconds: float = Field(
+        900.0, gt=0, description="A job Restarting (or with pods Terminating) this long is reported, not waited on."
+    )
+
+
 class DeepmoneyConfig(BaseSettings):
     """The whole configuration. YAML file from `--config` or DEEPMONEY_CONFIG; env `DEEPMONEY_DATA__BLOCK_SIZE=512`."""
 
@@ -503,6 +579,7 @@ class DeepmoneyConfig(BaseSettings):
     marketdata: MarketDataConfig = Field(default_factory=MarketDataConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
+    launch: LaunchConfig = operational(default_factory=LaunchConfig)
 
     @classmethod
     def settings_customise_sources(
