@@ -92,7 +92,9 @@ def test_distributed_environment_from_torchrun_and_trainer_pods() -> None:
         dist_env({"RANK": "4", "WORLD_SIZE": "2"})
     pod = {"PET_NNODES": "2", "PET_NPROC_PER_NODE": "8", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "job-node-0-0",
            "PET_MASTER_PORT": "29400"}  # fmt: skip
-    assert needs_torchrun(pod) and not needs_torchrun({**pod, "RANK": "0"})
+    master = {**pod, "RANK": "1", "WORLD_SIZE": "16"}  # a PyTorchJob pod: the node's RANK, all ranks' WORLD_SIZE
+    assert needs_torchrun(pod) and needs_torchrun(master)
+    assert not needs_torchrun({**master, "LOCAL_RANK": "0"})  # a process torchrun started
     assert torchrun_argv(pod, max_restarts=2) == ["--nnodes=2", "--nproc-per-node=8", "--max-restarts=2",
                                                   "--node-rank=1", "--master-addr=job-node-0-0",
                                                   "--master-port=29400"]  # fmt: skip
