@@ -595,6 +595,15 @@ def launch(
     micro_batch: Annotated[int | None, typer.Option("--micro-batch", min=1, help="Blocks per rank per pass.")] = None,
     zero: Annotated[int | None, typer.Option("--zero", help="DeepSpeed ZeRO stage: 0, 1, 2 or 3.")] = None,
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters or all parameters.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the job ends (default).")] = True,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop waiting after this many seconds (the job goes on).")
+    ] = None,
+    cancel: Annotated[bool, typer.Option("--cancel", help="Delete this run's job instead of submitting it.")] = False,
+    logs: Annotated[bool, typer.Option("--logs", help="Print this run's pod logs instead of submitting it.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="With --logs: the first pod's log as it is written.")
+    ] = False,
 ) -> None:
     """Train on the cluster's GPU pool as a PyTorchJob or TrainJob (--render prints it), or here with torchrun."""
     from deepmoney.launch.render import check_backend, render_objects
@@ -616,11 +625,26 @@ def launch(
     from deepmoney.kube import to_yaml
 
     gpus = 8 if gpus_per_node is None else gpus_per_node
-    objects = render_objects(config, backend, nodes=nodes, gpus_per_node=gpus, name=name)
-    if not render:
-        raise UserError(f"submitting a {objects[-1]['kind']} from here is not in this version yet: print it with "
-                        "--render and apply it with kubectl apply -f -")  # fmt: skip
-    typer.echo(to_yaml(objects), nl=False)
+    if sum((render, cancel, logs)) > 1:
+        raise UserError("--render, --cancel and --logs are different actions; give one")
+    if render:
+        typer.echo(to_yaml(render_objects(config, backend, nodes=nodes, gpus_per_node=gpus, name=name)), nl=False)
+        return
+    from deepmoney.launch.submit import cancel_run, follow_logs, run_logs, submit_run
+
+    if follow and not logs:
+        raise UserError("--follow goes with --logs")
+    if cancel:
+        typer.echo(json.dumps(cancel_run(config, backend, nodes=nodes, gpus_per_node=gpus, name=name)))
+    elif follow:
+        for line in follow_logs(config, backend, nodes=nodes, gpus_per_node=gpus, name=name):
+            typer.echo(line)
+    elif logs:
+        for pod, text in run_logs(config, backend, nodes=nodes, gpus_per_node=gpus, name=name).items():
+            typer.echo(f"==> {pod} <==\n{text.rstrip()}")
+    else:
+        typer.echo(json.dumps(submit_run(config, backend, nodes=nodes, gpus_per_node=gpus, name=name, wait=wait,
+                                         timeout=timeout)))  # fmt: skip
 
 
 def quickstart(

@@ -553,6 +553,11 @@ class LaunchConfig(Section):
     runtime: str = Field(
         "torch-distributed", description="TrainJob: the (Cluster)TrainingRuntime it runs on (a torch runtime)."
     )
+    kubeconfig: str | None = Field(
+        None, description="kubeconfig file of the cluster; unset = $KUBECONFIG, ~/.kube/config, or in-cluster."
+    )
+    context: str | None = Field(None, description="kubeconfig context; unset = its current context.")
+    api_attempts: int = Field(5, ge=1, le=20, description="Tries of a Kubernetes API call that failed transiently.")
     poll_seconds: float = Field(10.0, gt=0, description="How often a waiting launcher reads the job's status.")
     restarting_limit_seconds: float = Field(
         900.0, gt=0, description="A job Restarting (or with pods Terminating) this long is reported, not waited on."

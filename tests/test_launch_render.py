@@ -73,7 +73,7 @@ def test_every_pytorchjob_of_the_grid_validates(nodes: int, elastic: bool, gang:
         assert spec["runPolicy"]["schedulingPolicy"] == {"minAvailable": nodes, "queue": "gpu"}
     for container in _containers(job):
         assert container["name"] == "pytorch"
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     pod = _pod_config(config_map, tmp_path)
     assert pod.train.zero.offload_optimizer is offload and pod.train.zero.offload_params is offload
     assert pod.train.output == RUN["output"] and pod.train.model == RUN["model"]
@@ -86,7 +86,7 @@ def test_every_trainjob_of_the_grid_validates(nodes: int, offload: bool, tmp_pat
     crd_schema.validate(job)
     trainer = job["spec"]["trainer"]
     assert trainer["numNodes"] == nodes and trainer["numProcPerNode"] == 8
-    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == 8
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
     (patch,) = job["spec"]["runtimePatches"]
     (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
@@ -183,7 +183,7 @@ def test_what_a_trainjob_cannot_do_is_refused() -> None:
 
 @needs_crds
 def test_launch_render_from_the_command_line(tmp_path: Path) -> None:
-    env = {"DEEPMONEY_LAUNCH__VOLUME_CLAIM": CLAIM}
+    env = {"DEEPMONEY_LAUNCH__VOLUME_CLAIM": CLAIM, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
     args = ["--stage", "pt", "--model", RUN["model"], "--data", RUN["data"], "--output", RUN["output"]]
     for backend, kind in (("pytorchjob", "PyTorchJob"), ("trainjob", "TrainJob")):
         result = run_cli("launch", "--backend", backend, *args, "--nodes", "4", "--gpus-per-node", "8", "--render",
@@ -198,7 +198,8 @@ def test_launch_render_from_the_command_line(tmp_path: Path) -> None:
         (["launch", "--backend", "pytorchjob", "--stage", "pt", "--model", RUN["model"], "--data", "./pt",
           "--output", RUN["output"], "--render"], "--data ./pt: the pods cannot see this machine's disk"),
         (["launch", "--backend", "local", *args, "--render"], "with --backend local there is none"),
-        (["launch", "--backend", "trainjob", *args], "apply it with kubectl apply -f -"),
+        (["launch", "--backend", "trainjob", *args], "no cluster to talk to"),
+        (["launch", "--backend", "trainjob", *args, "--render", "--cancel"], "different actions; give one"),
         (["launch", "--backend", "pytorchjob", *args, "--nodes", "0", "--render"], "--nodes 0: give at least 1"),
     ]  # fmt: skip
     for argv, message in bad:

@@ -186,7 +186,7 @@ def resources(run: ClusterRun) -> dict[str, Any]:
     """Requests = limits (GPUs cannot be overcommitted, and a guaranteed pod is evicted last)."""
     amounts: dict[str, Any] = {}
     if run.gpus_per_node:
-        amounts[run.launch.gpu_resource] = run.gpus_per_node
+        amounts[run.launch.gpu_resource] = str(run.gpus_per_node)  # quantities are strings in the API's models
     if run.launch.cpu_per_node:
         amounts["cpu"] = run.launch.cpu_per_node
     if run.launch.memory_per_node:
