@@ -609,17 +609,17 @@ def launch(
     from deepmoney.launch.render import check_backend, render_objects
 
     options = global_options(ctx)
+    local = check_backend(backend) == "local"
     flags = {"train.stage": stage, "train.model": model, "train.data": data, "train.output": output,
              "train.max_steps": max_steps, "train.micro_batch": micro_batch, "train.zero.stage": zero,
-             "train.lora.enabled": lora, "launch.image": image, "launch.namespace": namespace}  # fmt: skip
+             "train.lora.enabled": lora, "launch.image": image, "launch.namespace": namespace,
+             "train.nproc": gpus_per_node if local else None}  # fmt: skip
     config = load_config(options.config, overrides_from_flags(**flags))
-    if check_backend(backend) == "local":
+    if local:
         if render:
             raise UserError("--render prints a cluster job; with --backend local there is none (use pytorchjob)")
         from deepmoney.train.command import summary
 
-        if gpus_per_node is not None:
-            config = load_config(options.config, overrides_from_flags(**flags, **{"train.nproc": gpus_per_node}))
         typer.echo(summary(_run_training(config, "local", options.quiet, False)))
         return
     from deepmoney.kube import to_yaml

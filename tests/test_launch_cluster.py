@@ -53,6 +53,13 @@ def _status(*types: str, reason: str = "", message: str = "") -> dict[str, Any]:
                                      else "") for t in types]}  # fmt: skip
 
 
+def _in_state(pod: dict[str, Any], field: str, **state: dict[str, Any]) -> dict[str, Any]:
+    """`pod` with its `pytorch` container's `state` or `lastState` (e.g. terminated=..., waiting=...) set."""
+    status = {"name": "pytorch", "ready": False, "restartCount": 0, "image": "x", "imageID": "", field: state}
+    pod["status"]["containerStatuses"] = [status]
+    return pod
+
+
 def _running_pods(kube: KubeEmulator) -> None:
     for replica, index in (("master", 0), ("worker", 0)):
         kube.put(pytorchjob_pod(NAME, replica, index, namespace=NS))
@@ -82,11 +89,8 @@ def test_a_pytorchjob_is_submitted_as_rendered_and_waited_on_until_it_succeeds(k
 
 def test_an_oomkilled_pod_is_named_in_the_failure(kube: KubeEmulator) -> None:
     def oom(k: KubeEmulator) -> None:
-        killed = pytorchjob_pod(NAME, "worker", 0, namespace=NS, phase="Failed")
-        killed["status"]["containerStatuses"] = [{"name": "pytorch", "ready": False, "restartCount": 0, "image": "x",
-                                                  "imageID": "", "state": {"terminated": {
-                                                      "exitCode": 137, "reason": "OOMKilled"}}}]  # fmt: skip
-        k.put(killed)
+        k.put(_in_state(pytorchjob_pod(NAME, "worker", 0, namespace=NS, phase="Failed"), "state",
+                        terminated={"exitCode": 137, "reason": "OOMKilled"}))  # fmt: skip
         k.set_status("pytorchjobs", NS, NAME, _status("Created", "Running", "Failed", reason="PyTorchJobFailed",
                                                       message=f"PyTorchJob {NAME} is failed because 1 Worker "
                                                       "replica(s) failed."))  # fmt: skip
@@ -200,11 +204,8 @@ def test_launch_from_the_command_line_through_a_kubeconfig(kube: KubeEmulator, t
                                             "phase": "Pending"}  # fmt: skip
 
     def oom(k: KubeEmulator) -> None:
-        killed = pytorchjob_pod(NAME, "master", 0, namespace=NS, phase="Failed")
-        killed["status"]["containerStatuses"] = [{"name": "pytorch", "ready": False, "restartCount": 0, "image": "x",
-                                                  "imageID": "", "lastState": {"terminated": {
-                                                      "exitCode": 137, "reason": "OOMKilled"}}}]  # fmt: skip
-        k.put(killed)
+        k.put(_in_state(pytorchjob_pod(NAME, "master", 0, namespace=NS, phase="Failed"), "lastState",
+                        terminated={"exitCode": 137, "reason": "OOMKilled"}))  # fmt: skip
         k.set_status("pytorchjobs", NS, NAME, _status("Created", "Failed", reason="PyTorchJobFailed"))
 
     with FakeController(kube, "pytorchjobs", NS, NAME, [(0.5, oom)]):
@@ -235,12 +236,8 @@ def test_pods_left_terminating_on_a_lost_node_are_reported(kube: KubeEmulator) -
 
 def test_an_image_that_cannot_be_pulled_is_named_when_the_job_fails(kube: KubeEmulator) -> None:
     def pull_fails(k: KubeEmulator) -> None:
-        waiting = pytorchjob_pod(NAME, "master", 0, namespace=NS, phase="Pending")
-        waiting["status"]["containerStatuses"] = [{"name": "pytorch", "ready": False, "restartCount": 0, "image": "x",
-                                                   "imageID": "", "state": {"waiting": {
-                                                       "reason": "ImagePullBackOff",
-                                                       "message": "Back-off pulling image"}}}]  # fmt: skip
-        k.put(waiting)
+        k.put(_in_state(pytorchjob_pod(NAME, "master", 0, namespace=NS, phase="Pending"), "state",
+                        waiting={"reason": "ImagePullBackOff", "message": "Back-off pulling image"}))  # fmt: skip
         k.set_status("pytorchjobs", NS, NAME, _status("Created", "Failed", reason="PyTorchJobFailed"))
 
     with FakeController(kube, "pytorchjobs", NS, NAME, [(0.1, pull_fails)]), pytest.raises(JobFailed) as failed:

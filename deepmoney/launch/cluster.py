@@ -60,7 +60,7 @@ class ClusterRun:
     @property
     def config_map_name(self) -> str:
         """The ConfigMap holding the run's config."""
-        return f"{self.name}-config"
+        return config_map_name(self.name)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -70,6 +70,11 @@ class ClusterRun:
         if self.launch.kueue_queue:
             labels[KUEUE_QUEUE_LABEL] = self.launch.kueue_queue
         return labels
+
+
+def config_map_name(run_name: str) -> str:
+    """The ConfigMap that holds the config of the run (and job) `run_name`."""
+    return f"{run_name}-config"
 
 
 def default_name(stage: str, output: str) -> str:
@@ -194,14 +199,10 @@ def resources(run: ClusterRun) -> dict[str, Any]:
     return {"limits": dict(amounts), "requests": dict(amounts)} if amounts else {}
 
 
-def volume_mounts() -> list[dict[str, Any]]:
-    """Where the config, /dev/shm and the claim appear in the container (the claim's path is per run)."""
-    return [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, {"name": "dshm", "mountPath": "/dev/shm"}]
-
-
-def all_volume_mounts(run: ClusterRun) -> list[dict[str, Any]]:
-    """`volume_mounts` plus the shared claim."""
-    return [*volume_mounts(), {"name": "workspace", "mountPath": run.launch.volume_mount}]
+def volume_mounts(run: ClusterRun) -> list[dict[str, Any]]:
+    """Where the config, /dev/shm and the shared claim appear in the training container."""
+    return [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}, {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "workspace", "mountPath": run.launch.volume_mount}]  # fmt: skip
 
 
 def volumes(run: ClusterRun) -> list[dict[str, Any]]:

@@ -52,8 +52,9 @@ def delete_config_map(core: Any, namespace: str, name: str, attempts: int) -> No
             raise
 
 
-def job_events(core: Any, namespace: str, names: set[str], attempts: int) -> list[dict[str, Any]]:
-    """The namespace's events whose object is one of `names`."""
+def job_events(core: Any, namespace: str, job: str, pods: list[dict[str, Any]], attempts: int) -> list[dict[str, Any]]:
+    """The namespace's events about the job `job` or one of its `pods`."""
+    names = {job, *(pod["metadata"]["name"] for pod in pods)}
     events = call_api("list events", lambda: core.list_namespaced_event(namespace), attempts)
     return [e for e in (to_json(x) for x in events.items) if e.get("involvedObject", {}).get("name") in names]
 

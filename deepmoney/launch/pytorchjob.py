@@ -16,7 +16,6 @@ from typing import Any
 from deepmoney.launch.cluster import (
     COMMAND,
     ClusterRun,
-    all_volume_mounts,
     container_args,
     container_env,
     container_security,
@@ -24,6 +23,7 @@ from deepmoney.launch.cluster import (
     pod_metadata,
     pod_security,
     resources,
+    volume_mounts,
     volumes,
 )
 
@@ -41,7 +41,7 @@ def pod_template(run: ClusterRun) -> dict[str, Any]:
         "name": CONTAINER, "image": run.image, "imagePullPolicy": run.launch.image_pull_policy,
         "command": list(COMMAND), "args": container_args(), "env": container_env(run),
         "ports": [{"name": "pytorchjob-port", "containerPort": PORT, "protocol": "TCP"}],
-        "volumeMounts": all_volume_mounts(run), "securityContext": container_security(),
+        "volumeMounts": volume_mounts(run), "securityContext": container_security(),
     }  # fmt: skip
     if resources(run):
         container["resources"] = resources(run)

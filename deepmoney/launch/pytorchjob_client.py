@@ -13,7 +13,7 @@ from typing import Any
 
 from deepmoney.config import LaunchConfig
 from deepmoney.launch import pytorchjob
-from deepmoney.launch.cluster import ClusterRun
+from deepmoney.launch.cluster import ClusterRun, config_map_name
 from deepmoney.launch.jobs import JobState, Submission, api_status, call_api, phase_of
 from deepmoney.launch.kubeapi import (
     delete_config_map,
@@ -73,8 +73,7 @@ class PyTorchJobBackend:
 
     def events(self, name: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Events about the job or its pods."""
-        return job_events(self.client.core_api, self.namespace, {name, *(p["metadata"]["name"] for p in pods)},
-                          self.attempts)  # fmt: skip
+        return job_events(self.client.core_api, self.namespace, name, pods, self.attempts)
 
     def logs(self, name: str) -> dict[str, str]:
         """Each started pod's `pytorch` container log."""
@@ -98,10 +97,10 @@ class PyTorchJobBackend:
         """Delete the job (its pods go with it) and its ConfigMap."""
         try:
             self._call(f"delete {self.kind} {name}", lambda: self.client.delete_job(name, self.namespace))
+            deleted = True
         except RuntimeError as exc:
             if api_status(exc) != 404:
                 raise
-            delete_config_map(self.client.core_api, self.namespace, f"{name}-config", self.attempts)
-            return False
-        delete_config_map(self.client.core_api, self.namespace, f"{name}-config", self.attempts)
-        return True
+            deleted = False
+        delete_config_map(self.client.core_api, self.namespace, config_map_name(name), self.attempts)
+        return deleted

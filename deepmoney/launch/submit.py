@@ -13,6 +13,7 @@ from typing import Any
 
 from deepmoney.config import DeepmoneyConfig, LaunchConfig
 from deepmoney.errors import UserError
+from deepmoney.launch.cluster import ClusterRun
 from deepmoney.launch.jobs import ClusterBackend, wait_for_job
 from deepmoney.launch.render import plan_cluster_run
 
@@ -39,31 +40,34 @@ def backend_for(backend: str, launch: LaunchConfig, client_configuration: Any = 
                         "$KUBECONFIG or ~/.kube/config") from None  # fmt: skip
 
 
+def _connect(config: DeepmoneyConfig, backend: str, nodes: int, gpus_per_node: int, name: str | None,
+             client_configuration: Any) -> tuple[ClusterRun, ClusterBackend]:  # fmt: skip
+    """The checked run and the client of its backend (checked first: a mistake never waits on the API)."""
+    run = plan_cluster_run(config, backend, nodes=nodes, gpus_per_node=gpus_per_node, name=name)
+    return run, backend_for(backend, config.launch, client_configuration)
+
+
 def submit_run(config: DeepmoneyConfig, backend: str, *, nodes: int, gpus_per_node: int, name: str | None,
                wait: bool, timeout: float | None, client_configuration: Any = None) -> dict[str, Any]:  # fmt: skip
     """Submit the run (or attach to its job), then wait for it unless `wait` is False; what happened."""
-    run = plan_cluster_run(config, backend, nodes=nodes, gpus_per_node=gpus_per_node, name=name)
-    client = backend_for(backend, config.launch, client_configuration)
+    run, client = _connect(config, backend, nodes, gpus_per_node, name, client_configuration)
     submitted = client.submit(run)
-    what = f"{submitted.kind} {submitted.namespace}/{submitted.name}"
-    log.info("%s %s", "attached to the existing" if submitted.attached else "submitted", what)
-    result = {"kind": submitted.kind, "namespace": submitted.namespace, "name": submitted.name,
-              "attached": submitted.attached, "phase": None}  # fmt: skip
-    if not wait:
-        result["phase"] = client.state(submitted.name).phase
-        return result
-    launch = config.launch
-    state = wait_for_job(client, submitted.namespace, submitted.name, timeout=timeout, poll=launch.poll_seconds,
-                         restarting_limit=launch.restarting_limit_seconds)  # fmt: skip
-    result["phase"] = state.phase
-    return result
+    log.info("%s %s %s/%s", "attached to the existing" if submitted.attached else "submitted", submitted.kind,
+             submitted.namespace, submitted.name)  # fmt: skip
+    if wait:
+        launch = config.launch
+        state = wait_for_job(client, submitted.namespace, submitted.name, timeout=timeout, poll=launch.poll_seconds,
+                             restarting_limit=launch.restarting_limit_seconds)  # fmt: skip
+    else:
+        state = client.state(submitted.name)
+    return {"kind": submitted.kind, "namespace": submitted.namespace, "name": submitted.name,
+            "attached": submitted.attached, "phase": state.phase}  # fmt: skip
 
 
 def cancel_run(config: DeepmoneyConfig, backend: str, *, nodes: int, gpus_per_node: int, name: str | None,
                client_configuration: Any = None) -> dict[str, Any]:  # fmt: skip
     """Delete the run's job and ConfigMap; a UserError when there is no such job."""
-    run = plan_cluster_run(config, backend, nodes=nodes, gpus_per_node=gpus_per_node, name=name)
-    client = backend_for(backend, config.launch, client_configuration)
+    run, client = _connect(config, backend, nodes, gpus_per_node, name, client_configuration)
     if not client.cancel(run.name):
         raise UserError(f"no {client.kind} {run.namespace}/{run.name} to cancel (deepmoney launch ... --render "
                         "shows the name this run has)")  # fmt: skip
@@ -73,12 +77,12 @@ def cancel_run(config: DeepmoneyConfig, backend: str, *, nodes: int, gpus_per_no
 def run_logs(config: DeepmoneyConfig, backend: str, *, nodes: int, gpus_per_node: int, name: str | None,
              client_configuration: Any = None) -> dict[str, str]:  # fmt: skip
     """Each started pod's training log."""
-    run = plan_cluster_run(config, backend, nodes=nodes, gpus_per_node=gpus_per_node, name=name)
-    return backend_for(backend, config.launch, client_configuration).logs(run.name)
+    run, client = _connect(config, backend, nodes, gpus_per_node, name, client_configuration)
+    return client.logs(run.name)
 
 
 def follow_logs(config: DeepmoneyConfig, backend: str, *, nodes: int, gpus_per_node: int, name: str | None,
                 client_configuration: Any = None) -> Iterator[str]:  # fmt: skip
     """The first pod's training log, line by line as it is written, until the container ends."""
-    run = plan_cluster_run(config, backend, nodes=nodes, gpus_per_node=gpus_per_node, name=name)
-    yield from backend_for(backend, config.launch, client_configuration).follow(run.name)
+    run, client = _connect(config, backend, nodes, gpus_per_node, name, client_configuration)
+    yield from client.follow(run.name)

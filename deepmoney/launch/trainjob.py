@@ -16,7 +16,6 @@ from typing import Any
 from deepmoney.launch.cluster import (
     COMMAND,
     ClusterRun,
-    all_volume_mounts,
     container_args,
     container_env,
     container_security,
@@ -24,6 +23,7 @@ from deepmoney.launch.cluster import (
     pod_metadata,
     pod_security,
     resources,
+    volume_mounts,
     volumes,
 )
 
@@ -44,7 +44,7 @@ def runtime_patch(run: ClusterRun) -> dict[str, Any]:
     """Placement, volumes and security of the runtime's `node` pods."""
     pod_spec: dict[str, Any] = {
         **placement(run), "securityContext": pod_security(run), "volumes": volumes(run),
-        "containers": [{"name": NODE, "volumeMounts": all_volume_mounts(run), "securityContext": container_security()}],
+        "containers": [{"name": NODE, "volumeMounts": volume_mounts(run), "securityContext": container_security()}],
     }  # fmt: skip
     pod = {"metadata": pod_metadata(run), "spec": pod_spec}
     job = {"name": NODE, "template": {"spec": {"template": pod}}}

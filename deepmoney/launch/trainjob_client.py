@@ -15,7 +15,7 @@ from typing import Any
 from deepmoney.config import LaunchConfig
 from deepmoney.errors import UserError
 from deepmoney.launch import trainjob
-from deepmoney.launch.cluster import ClusterRun
+from deepmoney.launch.cluster import ClusterRun, config_map_name
 from deepmoney.launch.jobs import FAILED, SUCCEEDED, JobState, Submission, api_status, call_api, phase_of
 from deepmoney.launch.kubeapi import delete_config_map, job_events, submit_config_map, to_json
 
@@ -83,8 +83,7 @@ class TrainJobBackend:
 
     def events(self, name: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Events about the TrainJob, its JobSet or its pods."""
-        return job_events(self.core_api, self.namespace, {name, *(p["metadata"]["name"] for p in pods)},
-                          self.attempts)  # fmt: skip
+        return job_events(self.core_api, self.namespace, name, pods, self.attempts)
 
     def logs(self, name: str) -> dict[str, str]:
         """The log of each started node (`node-0`, `node-1`, …) by its pod."""
@@ -105,5 +104,5 @@ class TrainJobBackend:
             if api_status(exc) != 404:
                 raise
             deleted = False
-        delete_config_map(self.core_api, self.namespace, f"{name}-config", self.attempts)
+        delete_config_map(self.core_api, self.namespace, config_map_name(name), self.attempts)
         return deleted
