@@ -419,14 +419,29 @@ def serve(
 def serve_render(
     ctx: typer.Context,
     model_uri: Annotated[str, typer.Option("--model-uri", help="storageUri of the LLM (`deepmoney registry uri`).")],
-    gpus: Annotated[int, typer.Option("--gpus", help="GPUs in all (tensor parallel = GPUs per node).")],
-    nodes: Annotated[int, typer.Option("--nodes", help="Nodes the LLM spans (more than 1 needs pvc://).")] = 1,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", help="GPUs in all (tensor parallel = GPUs per node); default: planned.")
+    ] = None,
+    nodes: Annotated[
+        int | None, typer.Option("--nodes", help="Nodes the LLM spans, with --gpus (more than 1 needs pvc://).")
+    ] = None,
+    gpu: Annotated[
+        str | None, typer.Option("--gpu", help="GPU type (a100-40, a100-80, h100-80, h200-141): plan or check fit.")
+    ] = None,
+    gpus_per_node: Annotated[int, typer.Option("--gpus-per-node", help="GPUs a node has, for the planner.")] = 8,
+    context: Annotated[
+        int, typer.Option("--context", min=1, help="Tokens per sequence (vLLM max_model_len), for the KV cache.")
+    ] = 4096,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Sequences at once (vLLM max_num_seqs), for the KV cache.")
+    ] = 32,
     image: Annotated[
         str | None, typer.Option("--image", help="The step models' image (default: this version's).")
     ] = None,
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace of the objects.")] = None,
     model_config: Annotated[
-        str | None, typer.Option("--model-config", help="The model's config.json (or its dir) to check heads against.")
+        str | None,
+        typer.Option("--model-config", help="The model's config.json (or its dir, or a planner preset): shape."),
     ] = None,
     kind: Annotated[
         str, typer.Option("--kind", help="inferenceservice (KServe v1beta1) or llminferenceservice (v1alpha2).")
@@ -439,13 +454,14 @@ def serve_render(
         typer.Option("--intake-model-uri", help="storageUri of the intake classifier: the graph starts with it."),
     ] = None,
 ) -> None:
-    """Print the serving objects as YAML: the LLM (tensor parallel), the step InferenceServices, the graph."""
-    from deepmoney.serving.render import render_yaml
+    """Print the serving objects as YAML: the LLM (tensor parallel, planned or given), the steps, the graph."""
+    from deepmoney.serving.render import Sizing, render_yaml
 
+    sizing = Sizing(gpu=gpu, gpus_per_node=gpus_per_node, context=context, concurrency=concurrency)
     typer.echo(render_yaml(model_uri=model_uri, gpus=gpus, nodes=nodes, image=image, namespace=namespace,
                            model_config=model_config, kind=kind, market_data_secret=market_data_secret,
                            served_model_name=load_config(global_options(ctx).config).serving.served_model_name,
-                           intake_model_uri=intake_model_uri),
+                           intake_model_uri=intake_model_uri, sizing=sizing),
                nl=False)  # fmt: skip
 
 

@@ -213,7 +213,7 @@ def test_llm_inference_service_single_node() -> None:
     (main,) = spec["template"]["containers"]
     assert main["name"] == "main"
     assert _gpus(main["resources"]) == ("8", "8")
-    assert {"name": "VLLM_ADDITIONAL_ARGS", "value": "--max-model-len 4096"} in main["env"]
+    assert {"name": "VLLM_ADDITIONAL_ARGS", "value": "--max-model-len 4096"} in main["env"]  # no max_num_seqs set
     assert "worker" not in spec
 
 

@@ -122,21 +122,34 @@ def valid_tp(shape: Shape, tp: int) -> bool:
     return splits_heads(tp, shape.heads, shape.kv_heads)
 
 
+def serving_layout(shape: Shape, gpu: Gpu, context: int, concurrency: int, tensor_parallel: int,
+                   pipeline_parallel: int = 1, utilization: float = 0.9) -> ServingPlan:  # fmt: skip
+    """What one layout holds: bf16 weights plus `concurrency` sequences of `context` tokens of KV cache, spread
+    over tensor x pipeline parallel GPUs, against vLLM's `gpu_memory_utilization` share of each GPU."""
+    if context < 1 or concurrency < 1:
+        raise UserError("--context and --concurrency must be at least 1")
+    weights = 2 * shape.parameters
+    kv = memory.kv_cache_bytes_per_token(shape) * context * concurrency
+    usable = gpu.memory * utilization
+    per_gpu = (weights + kv) / (tensor_parallel * pipeline_parallel)
+    return ServingPlan(tensor_parallel, pipeline_parallel, weights, kv, per_gpu, usable, per_gpu <= usable)
+
+
 def serving(shape: Shape, gpu: Gpu, context: int, concurrency: int, gpus_per_node: int = 8,
             utilization: float = 0.9) -> ServingPlan:  # fmt: skip
     """The least parallelism whose GPUs hold the bf16 weights and `concurrency` sequences of `context` tokens.
 
     `utilization` is vLLM's `gpu_memory_utilization`. Within a node, the least valid tensor-parallel size;
-    beyond one node, tensor parallel = GPUs per node and pipeline parallel = nodes.
+    beyond one node, tensor parallel = the largest valid size up to GPUs per node, pipeline parallel = nodes
+    (at most 64; `fits` is False when even that is not enough).
     """
-    weights = 2 * shape.parameters
-    kv = memory.kv_cache_bytes_per_token(shape) * context * concurrency
-    usable = gpu.memory * utilization
-    for tp in (t for t in range(1, gpus_per_node + 1) if valid_tp(shape, t)):
-        if (weights + kv) / tp <= usable:
-            return ServingPlan(tp, 1, weights, kv, (weights + kv) / tp, usable, True)
-    tp = max(t for t in range(1, gpus_per_node + 1) if valid_tp(shape, t))
+    sizes = [t for t in range(1, gpus_per_node + 1) if valid_tp(shape, t)]
+    for tp in sizes:
+        plan = serving_layout(shape, gpu, context, concurrency, tp, 1, utilization)
+        if plan.fits:
+            return plan
     for pp in range(2, 65):
-        if (weights + kv) / (tp * pp) <= usable:
-            return ServingPlan(tp, pp, weights, kv, (weights + kv) / (tp * pp), usable, True)
-    return ServingPlan(tp, 64, weights, kv, (weights + kv) / (tp * 64), usable, False)
+        plan = serving_layout(shape, gpu, context, concurrency, sizes[-1], pp, utilization)
+        if plan.fits:
+            return plan
+    return plan

@@ -104,6 +104,7 @@ class LLMSpec:
     attention_heads: int | None = None  # from the model's config; None = cannot check
     kv_heads: int | None = None
     max_model_len: int = 4096
+    max_num_seqs: int | None = None  # sequences vLLM runs at once (the planner's concurrency); None = vLLM's default
     gpu_resource: str = "nvidia.com/gpu"
     shm_size: str = "16Gi"
     model_size_gb: float = 130.0  # sizes the probes' start-up allowance and the host memory
@@ -207,7 +208,9 @@ def _check_llm(spec: LLMSpec, *, multi_node_needs_pvc: bool) -> tuple[int, int]:
     _check_name(spec.name, "LLM name")
     check_namespace(spec.namespace)
     if spec.max_model_len < 1:
-        raise UserError(f"--max-model-len {spec.max_model_len}: must be at least 1")
+        raise UserError(f"--context {spec.max_model_len}: must be at least 1")
+    if spec.max_num_seqs is not None and spec.max_num_seqs < 1:
+        raise UserError(f"--concurrency {spec.max_num_seqs}: must be at least 1")
     if spec.model_size_gb <= 0:
         raise UserError(f"model size {spec.model_size_gb} GB: must be positive")
     return tp, pp
@@ -295,6 +298,14 @@ def _llm_annotations(spec: LLMSpec, multi_node: bool) -> dict[str, str]:
     return annotations
 
 
+def _engine_args(spec: LLMSpec, style: str = "kserve") -> list[str]:
+    """vLLM's context and concurrency limits: `--max_model_len=N` for KServe's server, `--max-model-len N` for vLLM."""
+    limits = {"max_model_len": spec.max_model_len, "max_num_seqs": spec.max_num_seqs}
+    if style == "vllm":
+        return [f"--{k.replace('_', '-')} {v}" for k, v in limits.items() if v is not None]
+    return [f"--{k}={v}" for k, v in limits.items() if v is not None]
+
+
 def _single_node_model(spec: LLMSpec, tp: int) -> dict:
     failures = math.ceil(startup_allowance_s(spec.model_size_gb) / PROBE_PERIOD_S)
     ready = f"/v2/models/{spec.served_model_name}/ready"
@@ -303,7 +314,7 @@ def _single_node_model(spec: LLMSpec, tp: int) -> dict:
             f"--model_name={spec.served_model_name}",
             "--backend=vllm",
             f"--tensor-parallel-size={tp}",
-            f"--max_model_len={spec.max_model_len}",
+            *_engine_args(spec),
         ],
         "resources": _llm_resources(spec, tp),
         "volumeMounts": [{"name": "devshm", "mountPath": "/dev/shm"}],
@@ -330,7 +341,7 @@ def _startup_timing(model_size_gb: float) -> dict:
 def _multi_node_model(spec: LLMSpec, tp: int) -> dict:
     return {
         # No --tensor-parallel-size: the runtime passes workerSpec's sizes to vLLM itself.
-        "args": [f"--model_name={spec.served_model_name}", "--backend=vllm", f"--max_model_len={spec.max_model_len}"],
+        "args": [f"--model_name={spec.served_model_name}", "--backend=vllm", *_engine_args(spec)],
         "resources": _llm_resources(spec, tp),
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
         **_startup_timing(spec.model_size_gb),
@@ -382,7 +393,7 @@ def llm_inference_service(spec: LLMSpec) -> dict:
 def _llm_container(spec: LLMSpec, tp: int) -> dict:
     return {
         "name": "main",  # merged by name into the container of KServe's well-known config
-        "env": [{"name": "VLLM_ADDITIONAL_ARGS", "value": f"--max-model-len {spec.max_model_len}"}],
+        "env": [{"name": "VLLM_ADDITIONAL_ARGS", "value": " ".join(_engine_args(spec, style="vllm"))}],
         "resources": _llm_resources(spec, tp),
     }
 
