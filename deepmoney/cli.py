@@ -622,7 +622,8 @@ def launch(
     ] = False,
 ) -> None:
     """Train on the cluster's GPU pool as a PyTorchJob or TrainJob (--render prints it), or here with torchrun."""
-    from deepmoney.launch.render import check_backend, render_objects
+    from deepmoney.launch.launcher import launcher_for
+    from deepmoney.launch.render import check_backend
 
     options = global_options(ctx)
     local = check_backend(backend) == "local"
@@ -630,37 +631,27 @@ def launch(
              "train.max_steps": max_steps, "train.micro_batch": micro_batch, "train.zero.stage": zero,
              "train.lora.enabled": lora, "launch.image": image, "launch.namespace": namespace,
              "train.nproc": gpus_per_node if local else None}  # fmt: skip
-    config = load_config(options.config, overrides_from_flags(**flags))
-    if local:
-        if render:
-            raise UserError("--render prints a cluster job; with --backend local there is none (use pytorchjob)")
-        from deepmoney.train.command import summary
-
-        typer.echo(summary(_run_training(config, "local", options.quiet, False)))
-        return
-    from deepmoney.kube import to_yaml
-
-    gpus = 8 if gpus_per_node is None else gpus_per_node
     if sum((render, cancel, logs)) > 1:
         raise UserError("--render, --cancel and --logs are different actions; give one")
-    if render:
-        typer.echo(to_yaml(render_objects(config, backend, nodes=nodes, gpus_per_node=gpus, name=name)), nl=False)
-        return
-    from deepmoney.launch.submit import cancel_run, follow_logs, run_logs, submit_run
-
     if follow and not logs:
         raise UserError("--follow goes with --logs")
-    if cancel:
-        typer.echo(json.dumps(cancel_run(config, backend, nodes=nodes, gpus_per_node=gpus, name=name)))
+    config = load_config(options.config, overrides_from_flags(**flags))
+    launcher = launcher_for(config, backend, nodes=nodes, gpus_per_node=gpus_per_node, name=name,
+                            quiet=options.quiet)  # fmt: skip
+    if render:
+        from deepmoney.kube import to_yaml
+
+        typer.echo(to_yaml(launcher.render()), nl=False)
+    elif cancel:
+        typer.echo(json.dumps(launcher.cancel()))
     elif follow:
-        for line in follow_logs(config, backend, nodes=nodes, gpus_per_node=gpus, name=name):
+        for line in launcher.follow():
             typer.echo(line)
     elif logs:
-        for pod, text in run_logs(config, backend, nodes=nodes, gpus_per_node=gpus, name=name).items():
-            typer.echo(f"==> {pod} <==\n{text.rstrip()}")
+        for source, text in launcher.logs().items():
+            typer.echo(f"==> {source} <==\n{text.rstrip()}")
     else:
-        typer.echo(json.dumps(submit_run(config, backend, nodes=nodes, gpus_per_node=gpus, name=name, wait=wait,
-                                         timeout=timeout)))  # fmt: skip
+        typer.echo(json.dumps(launcher.submit(wait=wait, timeout=timeout)))
 
 
 def quickstart(

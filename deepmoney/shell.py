@@ -152,6 +152,12 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def handle_signals() -> None:
+    """Make SIGTERM and SIGINT raise `Interrupted`, so that cleanup (finally blocks) runs before the process ends."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+
+
 def _usage_line(exc: Any, prog: str) -> str:
     """Click's usage error as one line, naming the command's --help."""
     command = exc.ctx.command_path if exc.ctx is not None else prog
@@ -167,8 +173,7 @@ def _usage_line(exc: Any, prog: str) -> str:
 
 def run_app(app: typer.Typer, argv: list[str], prog: str) -> None:
     """Run `app` on `argv` and exit the deepmoney way (see the module docstring)."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    handle_signals()
     try:
         args = expand_multi_value_options(hoist_root_options(argv, app))
         code = app(args=args, prog_name=prog, standalone_mode=False)

@@ -18,8 +18,8 @@ import yaml
 from deepmoney.config import load_config
 from deepmoney.errors import UserError
 from deepmoney.launch.jobs import JobFailed, JobStuck
+from deepmoney.launch.launcher import Launcher, launcher_for
 from deepmoney.launch.render import render_objects
-from deepmoney.launch.submit import cancel_run, follow_logs, run_logs, submit_run
 from tests.conftest import assert_clean_error, run_cli
 from tests.kube_emulator import (  # noqa: F401  (kube_fixture: the `kube` fixture)
     FakeController,
@@ -44,8 +44,14 @@ def _config(**launch: Any):
 
 
 def _submit(kube: KubeEmulator, backend: str = "pytorchjob", *, wait: bool = True, nodes: int = 2, **launch: Any):
-    return submit_run(_config(**launch), backend, nodes=nodes, gpus_per_node=8, name=None, wait=wait, timeout=30,
-                      client_configuration=kube.configuration())  # fmt: skip
+    return _launcher(kube, backend, nodes=nodes, **launch).submit(wait=wait, timeout=30)
+
+
+def _launcher(kube: KubeEmulator, backend: str = "pytorchjob", *, nodes: int = 2, config: Any = None,
+              **launch: Any) -> Launcher:  # fmt: skip
+    """The launcher interface the CLI uses, connected to the emulator."""
+    return launcher_for(config or _config(**launch), backend, nodes=nodes, gpus_per_node=8,
+                        client_configuration=kube.configuration())  # fmt: skip
 
 
 def _status(*types: str, reason: str = "", message: str = "") -> dict[str, Any]:
@@ -79,11 +85,9 @@ def test_a_pytorchjob_is_submitted_as_rendered_and_waited_on_until_it_succeeds(k
     stored = kube.get("pytorchjobs", NS, NAME)
     assert stored["spec"]["pytorchReplicaSpecs"] == job["spec"]["pytorchReplicaSpecs"]  # exactly what --render shows
     assert kube.get("configmaps", NS, f"{NAME}-config")["data"] == config_map["data"]
-    logs = run_logs(_config(), "pytorchjob", nodes=2, gpus_per_node=8, name=None,
-                    client_configuration=kube.configuration())  # fmt: skip
+    logs = _launcher(kube).logs()
     assert "trained pt: 2 steps" in logs[f"{NAME}-master-0"]
-    followed = list(follow_logs(_config(), "pytorchjob", nodes=2, gpus_per_node=8, name=None,
-                                client_configuration=kube.configuration()))  # fmt: skip
+    followed = list(_launcher(kube).follow())
     assert followed == ["step 1/2 loss 2.31", "step 2/2 loss 2.05", "trained pt: 2 steps"]
 
 
@@ -125,9 +129,10 @@ def test_submitting_again_attaches_instead_of_creating_a_duplicate(kube: KubeEmu
     assert kube.requests("POST", "pytorchjobs") == posts + 1  # the second create was answered 409, not stored twice
     assert len(kube.list_objects("pytorchjobs", NS)) == 1
     with pytest.raises(UserError, match="already exists with another config"):  # same name, other settings
-        submit_run(load_config(overrides={"train": {**RUN, "max_steps": 7}, "launch": {"volume_claim": "shared",
-                   "namespace": NS, **FAST}}), "pytorchjob", nodes=2, gpus_per_node=8, name=None, wait=False,
-                   timeout=None, client_configuration=kube.configuration())  # fmt: skip
+        other = load_config(
+            overrides={"train": {**RUN, "max_steps": 7}, "launch": {"volume_claim": "shared", "namespace": NS, **FAST}}
+        )
+        _launcher(kube, config=other).submit(wait=False, timeout=None)
 
 
 def test_transient_api_failures_are_retried(kube: KubeEmulator) -> None:
@@ -147,13 +152,11 @@ def test_a_permanent_api_error_is_not_retried(kube: KubeEmulator) -> None:
 
 def test_cancel_deletes_the_job_and_its_config(kube: KubeEmulator) -> None:
     _submit(kube, wait=False)
-    result = cancel_run(_config(), "pytorchjob", nodes=2, gpus_per_node=8, name=None,
-                        client_configuration=kube.configuration())  # fmt: skip
+    result = _launcher(kube).cancel()
     assert result["cancelled"] and kube.get("pytorchjobs", NS, NAME) is None
     assert kube.get("configmaps", NS, f"{NAME}-config") is None
     with pytest.raises(UserError, match=f"no PyTorchJob {NS}/{NAME} to cancel"):
-        cancel_run(_config(), "pytorchjob", nodes=2, gpus_per_node=8, name=None,
-                   client_configuration=kube.configuration())  # fmt: skip
+        _launcher(kube).cancel()
 
 
 def test_a_trainjob_runs_on_its_runtime_until_complete(kube: KubeEmulator) -> None:
@@ -172,8 +175,7 @@ def test_a_trainjob_runs_on_its_runtime_until_complete(kube: KubeEmulator) -> No
     assert result["kind"] == "TrainJob" and result["phase"] == "Succeeded"
     _, job = render_objects(_config(), "trainjob", nodes=2, gpus_per_node=8)
     assert kube.get("trainjobs", NS, NAME)["spec"] == job["spec"]
-    logs = run_logs(_config(), "trainjob", nodes=2, gpus_per_node=8, name=None,
-                    client_configuration=kube.configuration())  # fmt: skip
+    logs = _launcher(kube, "trainjob").logs()
     assert "trained pt: 2 steps" in logs[f"{NAME}-node-0-0"]
 
 

@@ -193,11 +193,17 @@ def test_launch_render_from_the_command_line(tmp_path: Path) -> None:
         assert config_map["kind"] == "ConfigMap" and job["kind"] == kind
         crd_schema.validate(job)
         assert result.stderr == ""
+    local = run_cli("launch", "--backend", "local", *args, "--gpus-per-node", "2", "--render", env=env)
+    assert local.returncode == 0, local.stderr
+    (run,) = yaml.safe_load_all(local.stdout)  # the torchrun it would start, and the config its ranks read
+    assert run["kind"] == "LocalRun" and run["nproc"] == 2 and "--nproc-per-node=2" in run["command"]
+    assert run["config"]["train"]["output"] == RUN["output"] and not Path(RUN["output"]).exists()
     bad = [
         (["launch", "--backend", "slurm", *args, "--render"], "--backend 'slurm': one of local, pytorchjob, trainjob"),
         (["launch", "--backend", "pytorchjob", "--stage", "pt", "--model", RUN["model"], "--data", "./pt",
           "--output", RUN["output"], "--render"], "--data ./pt: the pods cannot see this machine's disk"),
-        (["launch", "--backend", "local", *args, "--render"], "with --backend local there is none"),
+        (["launch", "--backend", "local", *args, "--nodes", "2", "--render"], "trains on this machine alone"),
+        (["launch", "--backend", "local", *args, "--name", "x", "--render"], "known by its --output directory"),
         (["launch", "--backend", "trainjob", *args], "no cluster to talk to"),
         (["launch", "--backend", "trainjob", *args, "--render", "--cancel"], "different actions; give one"),
         (["launch", "--backend", "pytorchjob", *args, "--nodes", "0", "--render"], "--nodes 0: give at least 1"),

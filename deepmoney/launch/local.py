@@ -12,12 +12,17 @@ pytorch/pytorch#167288 — while a fresh rendezvous always starts clean.)
 
 Every check that does not need the ranks runs before any is started (`train.plan.preflight`), so
 a mistake is printed once and nothing is written. The ranks' output is passed through unchanged
-(progress bars keep updating in place) and kept in `launcher.log`.
+(progress bars keep updating in place) and kept in `launcher.log`. One process at a time runs an
+output: it holds an exclusive lock on `launcher.lock` (which names its pid) from before the output
+is prepared until the ranks end, so a second launch of the same run is refused (`RunInProgress`)
+instead of training beside it — `deepmoney launch --backend local` attaches to it instead.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -25,20 +30,27 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
 from deepmoney import env
 from deepmoney.config import DeepmoneyConfig
-from deepmoney.errors import EXIT_USER, UserError, is_retryable
+from deepmoney.errors import EXIT_TRANSIENT, EXIT_USER, UserError, is_retryable
+from deepmoney.stage import MANIFEST, utc_now
 from deepmoney.storage import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from deepmoney.train.plan import RunPlan
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "train-config.yaml"
 LOG_FILE = "launcher.log"
+LOCK_FILE = "launcher.lock"  # held (flock) by the process running the output; JSON: its pid and start
+EXIT_FILE = "launcher-exit.json"  # how a detached run ended (`local_backend`); cleared when a run starts
 _USER_ERROR = re.compile(r"^(error: |config error )")
 _EXCEPTION = re.compile(r"^(\[rank(?P<rank>\d+)\]: )?(?P<text>(\w+\.)*\w+(Error|Exception)\b: .*)")
 _FIELD = re.compile(r"^\s*(\w+)\s*: (.*)$")
@@ -47,6 +59,58 @@ _LINE_END = re.compile(rb"[\r\n]")
 
 class TrainingFailed(UserError):
     """The ranks failed for good (a crash, or retryable failures beyond max_restarts); the message says why."""
+
+
+class RunInProgress(UserError):
+    """Another process is running this output; wait for it (or attach, or cancel it) rather than run it twice."""
+
+    exit_code = EXIT_TRANSIENT
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def running_pid(output: Path) -> int | None:
+    """The pid of the process running `output` now (it holds launcher.lock), or None when none does."""
+    try:
+        with open(output / LOCK_FILE, encoding="utf-8") as handle:
+            if _try_lock(handle):
+                return None
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(json.loads(text)["pid"])
+    except (ValueError, KeyError, TypeError):
+        return -1  # locked, but its owner has not written its pid yet
+
+
+@contextlib.contextmanager
+def run_lock(output: Path) -> Iterator[None]:
+    """Hold `output`'s launcher lock while the body runs; `RunInProgress` when another process holds it."""
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        if not _try_lock(handle):
+            handle.seek(0)
+            owner = handle.read().strip() or "{}"
+            pid = json.loads(owner).get("pid", "?") if owner.startswith("{") else "?"
+            raise RunInProgress(f"{output} is being trained by process {pid}; wait for it (deepmoney launch "
+                                "--backend local with the same flags attaches), or stop it with --cancel")  # fmt: skip
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "started_at": utc_now()}))
+        handle.flush()
+        try:
+            yield
+        finally:
+            if (output / MANIFEST).is_file():  # a finished output is published without the lock file
+                (output / LOCK_FILE).unlink(missing_ok=True)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def child_environment(nproc: int, cuda: bool) -> dict[str, str]:
@@ -70,11 +134,15 @@ def torchrun_command(config_file: Path, nproc: int) -> list[str]:
     ]  # fmt: skip
 
 
-def launch_local(config: DeepmoneyConfig, quiet: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Train under torchrun with `train.nproc` ranks; returns the output manifest."""
+def launch_local(config: DeepmoneyConfig, quiet: bool = False, overwrite: bool = False,
+                 echo: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Train under torchrun with `train.nproc` ranks; returns the output manifest.
+
+    `echo`: pass the ranks' output through to stderr (a detached run has it in launcher.log only).
+    """
     import torch
 
-    from deepmoney.train.plan import finished_run, preflight, prepare_output
+    from deepmoney.train.plan import finished_run, preflight
 
     train = config.train
     cuda = torch.cuda.is_available()
@@ -83,8 +151,20 @@ def launch_local(config: DeepmoneyConfig, quiet: bool = False, overwrite: bool =
     plan = preflight(config, train.nproc, overwrite)
     if plan.finished is not None:
         return finished_run(plan, config)
-    prepare_output(plan)
+    with run_lock(plan.output):
+        if not plan.replacing and (plan.output / MANIFEST).is_file():  # finished by another process meanwhile
+            return json.loads((plan.output / MANIFEST).read_text(encoding="utf-8"))
+        return _train(config, plan, cuda, quiet, echo)
+
+
+def _train(config: DeepmoneyConfig, plan: RunPlan, cuda: bool, quiet: bool, echo: bool) -> dict[str, Any]:
+    """Prepare the (locked) output and run torchrun until the manifest is written or the failure is final."""
+    from deepmoney.train.plan import prepare_output
+
+    train = config.train
+    prepare_output(plan, keep=(LOCK_FILE,))
     output = plan.output
+    (output / EXIT_FILE).unlink(missing_ok=True)
     config_file = output / CONFIG_FILE
     dumped = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     atomic_write_bytes(config_file, dumped.encode("utf-8"))
@@ -101,7 +181,7 @@ def launch_local(config: DeepmoneyConfig, quiet: bool = False, overwrite: bool =
         else:
             log.info("starting %d %s ranks under torchrun (up to %d restarts)", train.nproc,
                      "GPU" if cuda else "CPU", train.max_restarts)  # fmt: skip
-        code, user_error, cause = _run(command, {**child, env.LAUNCH_ATTEMPT: str(attempt)}, output / LOG_FILE)
+        code, user_error, cause = _run(command, {**child, env.LAUNCH_ATTEMPT: str(attempt)}, output / LOG_FILE, echo)
         if code == 0 and manifest_path.is_file():
             return json.loads(manifest_path.read_text(encoding="utf-8"))
         if code == EXIT_USER:
@@ -115,7 +195,8 @@ def launch_local(config: DeepmoneyConfig, quiet: bool = False, overwrite: bool =
     )
 
 
-def _run(command: list[str], child_env: dict[str, str], log_path: Path) -> tuple[int, str | None, str | None]:
+def _run(command: list[str], child_env: dict[str, str], log_path: Path,
+         echo: bool = True) -> tuple[int, str | None, str | None]:  # fmt: skip
     """Run torchrun once, passing its output through; (exit code, the ranks' user error, the root cause)."""
     recent: collections.deque[str] = collections.deque(maxlen=400)
     user_error: str | None = None
@@ -127,6 +208,7 @@ def _run(command: list[str], child_env: dict[str, str], log_path: Path) -> tuple
             pending = b""
             while chunk := os.read(process.stdout.fileno(), 1 << 16):
                 log_file.write(chunk)
+                log_file.flush()  # `deepmoney launch --logs --follow` reads it as it grows
                 pending += chunk
                 *pieces, pending = _split_keeping_ends(pending)
                 for piece in pieces:
@@ -135,9 +217,11 @@ def _run(command: list[str], child_env: dict[str, str], log_path: Path) -> tuple
                     if _USER_ERROR.match(text):
                         user_error = user_error or text  # every rank may say it: shown once, by the caller
                         continue
-                    sys.stderr.buffer.write(piece)  # \r kept: a progress bar redraws in place
-                sys.stderr.buffer.flush()
-            if pending:
+                    if echo:
+                        sys.stderr.buffer.write(piece)  # \r kept: a progress bar redraws in place
+                if echo:
+                    sys.stderr.buffer.flush()
+            if pending and echo:
                 sys.stderr.buffer.write(pending)
             code = process.wait()
         finally:

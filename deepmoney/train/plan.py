@@ -149,12 +149,13 @@ def _check_data_exists(config: DeepmoneyConfig, uri: str) -> None:
         raise UserError(f"training data not found: {uri}")
 
 
-def prepare_output(plan: RunPlan) -> None:
-    """Make the output directory this run's: emptied when replacing (`--overwrite`), marked with run.json."""
+def prepare_output(plan: RunPlan, keep: tuple[str, ...] = ()) -> None:
+    """Make the output directory this run's: emptied (but for the names in `keep`) when replacing (`--overwrite`),
+    marked with run.json."""
     output = plan.output
     if plan.replacing and output.is_dir():
         log.warning("--overwrite: removing the earlier run in %s", output)
-        for child in output.iterdir():
+        for child in (c for c in output.iterdir() if c.name not in keep):
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     output.mkdir(parents=True, exist_ok=True)
     marker = output / RUN_MARKER
