@@ -97,14 +97,45 @@ def data_build_pt(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
+    shard: Annotated[
+        str | None, typer.Option("--shard", help="K/N: prepare every Nth task from the Kth (then data merge-pt).")
+    ] = None,
 ) -> None:
     """Build the packed pre-training corpus: ingest, clean, dedup, chapters, context header, tokens, blocks."""
+    options = global_options(ctx)
+    config = load_config(options.config, overrides_from_flags(**{"data.block_size": block_size}))
+    quiet = quiet or options.quiet
+    if shard is not None:
+        from deepmoney.data.pt_shards import build_pt_shard
+
+        part = _parse_shard(shard)
+        result = build_pt_shard(inputs, tokenizer, output, config, part, strict=strict, quiet=quiet,
+                                overwrite=overwrite)  # fmt: skip
+        m = result.manifest
+        typer.echo(f"pt shard {m['shard']}/{m['shard_count']} {'reused' if result.reused else 'written'}: "
+                   f"{result.output} ({m['tasks']} of {m['tasks_total']} tasks, {m['documents']} documents); "
+                   "merge all shards with: deepmoney data merge-pt --input SHARD... --output DIR")  # fmt: skip
+        return
     from deepmoney.data.pt import build_pt
+
+    result = build_pt(inputs, tokenizer, output, config, strict=strict, quiet=quiet, overwrite=overwrite)
+    typer.echo(_pt_summary(result.manifest, result.output, result.reused))
+
+
+def data_merge_pt(
+    ctx: typer.Context,
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help="The outputs of build-pt --shard K/N, all K.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output directory or s3:// prefix.")],
+    block_size: Annotated[int | None, typer.Option("--block-size", help="Tokens per block (as the shards).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
+) -> None:
+    """Merge build-pt shards into the pt corpus: global near-dedup in input order, packing — as one build."""
+    from deepmoney.data.pt_shards import merge_pt_shards
 
     options = global_options(ctx)
     config = load_config(options.config, overrides_from_flags(**{"data.block_size": block_size}))
-    result = build_pt(inputs, tokenizer, output, config, strict=strict, quiet=quiet or options.quiet,
-                      overwrite=overwrite)  # fmt: skip
+    result = merge_pt_shards(inputs, output, config, quiet=quiet or options.quiet, overwrite=overwrite)
     typer.echo(_pt_summary(result.manifest, result.output, result.reused))
 
 
@@ -677,6 +708,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "config show": config_show,
     "model init": model_init,
     "data build-pt": data_build_pt,
+    "data merge-pt": data_merge_pt,
     "synth": synth,
     "synth-merge": synth_merge,
     "train": train_verb,

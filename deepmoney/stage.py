@@ -114,6 +114,26 @@ class PtCorpusManifest(Manifest):
     files: list[FileDigest] = Field(default_factory=list)
 
 
+class PtShardManifest(Manifest):
+    """`deepmoney data build-pt --shard K/N`: the prepared results of every Nth task, for `data merge-pt`."""
+
+    kind: Literal["pt-shard"] = "pt-shard"
+    shard: int
+    shard_count: int
+    corpus_fingerprint: str  # the pt corpus the N shards make together
+    corpus_settings: dict[str, Any]
+    tasks_total: int  # tasks of the whole build; this shard holds those with index % shard_count == shard
+    tasks: int
+    files_total: int
+    documents: int
+    inputs: list[str]
+    rejected: list[dict[str, str]]  # inputs rejected before any task (unreadable paths), as the build records them
+    skipped_collections: list[str]
+    tokenizer: TokenizerInfo
+    summarizer: str
+    seconds: float
+
+
 class SftDatasetManifest(Manifest):
     """`deepmoney synth` (or `synth-merge`): alpaca/sharegpt records, held-out questions, rejections."""
 

@@ -78,3 +78,34 @@ def test_missing_output_bucket_fails_before_any_work(s3_endpoint: S3Endpoint, s3
     result = build_pt_cli([s3_corpus], str(tiny_model), "s3://missing-out/pt", "--quiet", env=s3_endpoint.env)
     assert_clean_error(result, "bucket 'missing-out' does not exist")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_sharded_build_on_s3_writes_the_unsharded_bytes(s3_endpoint: S3Endpoint, s3_corpus: str,
+                                                          tiny_model: Path) -> None:  # fmt: skip
+    """Inputs, shards and the merged corpus all on S3: the merge reads each shard's tasks from the bucket."""
+    from tests.conftest import run_cli
+
+    client = s3_endpoint.client()
+    client.create_bucket(Bucket="sharded")
+    flags = ("--block-size", "64", "--quiet")
+    env = {**s3_endpoint.env, "DEEPMONEY_DATA__RECORDS_PER_TASK": "2"}
+    assert build_pt_cli([s3_corpus], str(tiny_model), "s3://sharded/whole", *flags, env=env).returncode == 0
+    for k in range(3):
+        built = build_pt_cli([s3_corpus], str(tiny_model), f"s3://sharded/shard-{k}", "--shard", f"{k}/3", *flags,
+                             env=env)  # fmt: skip
+        assert built.returncode == 0, built.stderr[-3000:]
+    merged = run_cli("data", "merge-pt", "--input", *(f"s3://sharded/shard-{k}" for k in range(3)), "--output",
+                     "s3://sharded/merged", *flags, env=env)  # fmt: skip
+    assert merged.returncode == 0, merged.stderr[-3000:]
+
+    def objects(prefix: str) -> dict[str, bytes]:
+        keys = [o["Key"] for o in client.list_objects_v2(Bucket="sharded", Prefix=prefix)["Contents"]]
+        return {k.removeprefix(prefix): client.get_object(Bucket="sharded", Key=k)["Body"].read() for k in keys}
+
+    whole, sharded = objects("whole/"), objects("merged/")
+    assert sorted(whole) == sorted(sharded)
+    assert all(whole[name] == sharded[name] for name in whole if name != "manifest.json")
+    volatile = ("seconds", "created_at")
+    manifests = [{k: v for k, v in json.loads(m["manifest.json"]).items() if k not in volatile}
+                 for m in (whole, sharded)]  # fmt: skip
+    assert manifests[0] == manifests[1] and manifests[0]["documents"] == 7

@@ -52,10 +52,11 @@ class Prepared:
 
 @dataclass
 class TaskResult:
-    """What one task produced."""
+    """What one task produced; `digests`: the inputs' sha256 when computed already (a stored shard's task)."""
 
     task: Task
     items: list[tuple[FileRef, Prepared | InputRejected]]
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 class DocumentProcessor:

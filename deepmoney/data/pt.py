@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
@@ -84,7 +84,7 @@ class _Counters:
 _REPORTS = ("documents.jsonl", "rejected.jsonl", "dropped.jsonl", "inputs.jsonl")
 
 
-class _Run:
+class PtRun:
     """One build's state in its staging directory: report files, packer, shards, dedup; checkpoints.
 
     `staging/out/` is what gets published; `staging/state/` holds the checkpoint and dedup journal.
@@ -152,9 +152,9 @@ class _Run:
     def file_counts(self, ref: FileRef) -> dict[str, int]:
         return self.pending_files.setdefault(ref.uri, {"documents": 0, "rejected": 0, "dropped": 0})
 
-    def file_done(self, ref: FileRef) -> None:
+    def file_done(self, ref: FileRef, sha256: str | None = None) -> None:
         self.counters.files_done += 1
-        self._write("inputs.jsonl", _input_entry(ref, self.pending_files.pop(ref.uri, {})))
+        self._write("inputs.jsonl", _input_entry(ref, self.pending_files.pop(ref.uri, {}), sha256))
 
     def _write(self, name: str, record: dict[str, Any]) -> None:
         self.files[name].write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -188,8 +188,8 @@ class _Run:
             handle.close()
 
 
-def _settings(files: list[FileRef], collections: list[FileRef], tokenizer: str, config: DeepmoneyConfig,
-              summarizer: str) -> dict[str, Any]:  # fmt: skip
+def corpus_settings(files: list[FileRef], collections: list[FileRef], tokenizer: str, config: DeepmoneyConfig,
+                    summarizer: str) -> dict[str, Any]:  # fmt: skip
     """What decides the corpus: the inputs, the tokenizer, the data settings that are not operational."""
     return {
         "format": PT_FORMAT,
@@ -201,7 +201,9 @@ def _settings(files: list[FileRef], collections: list[FileRef], tokenizer: str, 
     }
 
 
-def _tasks(files: list[FileRef], storage: Storage, records_per_task: int, group_bytes: int = 1 << 18) -> Iterator[Task]:
+def corpus_tasks(files: list[FileRef], storage: Storage, records_per_task: int,
+                 group_bytes: int = 1 << 18) -> Iterator[Task]:  # fmt: skip
+    """The build's tasks, in input order: small files in groups, JSONL files in chunks of lines (deterministic)."""
     group: list[FileRef] = []
     size = 0
     for ref in files:
@@ -250,7 +252,7 @@ def build_pt(
         raise UserError(f"{bad.path}: {bad.reason} (--strict stops at the first bad input)")
     with tempfile.TemporaryDirectory(prefix="deepmoney-tok-") as scratch:
         spec = resolve_tokenizer(tokenizer_uri, storage, Path(scratch))
-        settings = _settings(resolved.files, resolved.collections, spec.digest, config, summarizer_label)
+        settings = corpus_settings(resolved.files, resolved.collections, spec.digest, config, summarizer_label)
         fp = fingerprint(KIND, settings)
         claim = claim_output(storage, output, KIND, fp, settings, overwrite=overwrite)
         if claim.reuse is not None:
@@ -259,7 +261,7 @@ def build_pt(
 
         collections = load_collections(resolved.collections, storage)
         with storage.staging_dir(output, key=fp, keep_on_error=True) as staging:
-            run = _Run(staging, config, fp, settings, resolved.rejected)
+            run = PtRun(staging, config, fp, settings, resolved.rejected)
             summarizer = make_summarizer(config, run.state / "requests.sqlite")
             if config.summarizer is not None and config.data.summary.enabled:
                 documents = (
@@ -278,33 +280,11 @@ def build_pt(
                     run.counters.documents,
                     run.writer.rows,
                 )
-            tasks = islice(_tasks(resolved.files, storage, config.data.records_per_task), resumed, None)
+            tasks = islice(corpus_tasks(resolved.files, storage, config.data.records_per_task), resumed, None)
             results = ordered_map(processor, tasks, worker_count(config.data.workers))
-            with (
-                tqdm(
-                    total=len(resolved.files),
-                    initial=run.counters.files_done,
-                    unit="file",
-                    desc="build-pt",
-                    disable=quiet,
-                    dynamic_ncols=True,
-                ) as bar,
-                logging_redirect_tqdm(),
-            ):
-                for result in results:
-                    _take(result, run, config, strict)
-                    run.tasks_done += 1
-                    if run.writer.end_task():
-                        run.checkpoint()
-                    bar.update(result.task.files_done)
-                    bar.set_postfix(docs=run.counters.documents, tokens=run.packer.tokens_in, refresh=False)
-            tokens_dropped = run.packer.finish()
-            shards = run.writer.close()
-            shards += run.heldout.close()
-            run.close()
-            manifest = _finish(
-                storage, output, inputs, run, shards, tokens_dropped, config, spec, summarizer_label, resolved, started
-            )
+            assemble(run, results, config, strict, len(resolved.files), quiet, "build-pt")
+            manifest = finish(storage, output, inputs, run, config, tokenizer_record(spec), summarizer_label,
+                              [c.uri for c in resolved.collections], started)  # fmt: skip
     log.info(
         "pt corpus written to %s: %d documents, %d tokens, %d blocks",
         output,
@@ -315,32 +295,53 @@ def build_pt(
     return PtBuildResult(output, manifest, resumed_tasks=resumed)
 
 
-def _finish(
-    storage: Storage,
-    output: str,
-    inputs: list[str],
-    run: _Run,
-    shards: list[Path],
-    tokens_dropped: int,
-    config: DeepmoneyConfig,
-    spec: TokenizerSpec,
-    summarizer: str,
-    resolved: Any,
-    started: float,
-) -> dict:
-    """Write the manifest and publish; with no document kept, publish nothing and fail."""
+def assemble(run: PtRun, results: Iterable[TaskResult], config: DeepmoneyConfig, strict: bool, files: int,
+             quiet: bool, desc: str) -> None:  # fmt: skip
+    """Take each task's result in input order — dedup, pack, write, checkpoint at shard boundaries — with a bar.
+
+    The one order-dependent part of the build: `build_pt` feeds it the workers' results, the shard merge
+    (`pt_shards`) the results the shards stored, so both write the same bytes.
+    """
+    with (
+        tqdm(total=files, initial=run.counters.files_done, unit="file", desc=desc, disable=quiet,
+             dynamic_ncols=True) as bar,
+        logging_redirect_tqdm(),
+    ):  # fmt: skip
+        for result in results:
+            _take(result, run, config, strict)
+            run.tasks_done += 1
+            if run.writer.end_task():
+                run.checkpoint()
+            bar.update(result.task.files_done)
+            bar.set_postfix(docs=run.counters.documents, tokens=run.packer.tokens_in, refresh=False)
+
+
+def tokenizer_record(spec: TokenizerSpec) -> dict[str, Any]:
+    """The tokenizer as the manifest records it."""
+    return {"uri": spec.uri, "digest": spec.digest, "vocab_size": spec.vocab_size, "bos_token_id": spec.bos_id,
+            "eos_token_id": spec.eos_id}  # fmt: skip
+
+
+def finish(storage: Storage, output: str, inputs: list[str], run: PtRun, config: DeepmoneyConfig,
+           tokenizer: dict[str, Any], summarizer: str, skipped_collections: list[str],
+           started: float) -> dict:  # fmt: skip
+    """Close the blocks and shards, write the manifest and publish; with no document kept, publish nothing and fail."""
+    tokens_dropped = run.packer.finish()
+    shards = run.writer.close()
+    shards += run.heldout.close()
+    run.close()
     if run.counters.documents == 0:
         raise UserError(
             f"no usable documents in {', '.join(inputs)}: {run.counters.rejected} inputs rejected and "
             f"{run.counters.dropped} documents dropped (the reasons are in the warnings above); nothing was written"
         )
-    manifest = _manifest(run, tokens_dropped, config, spec, summarizer, resolved, shards, started)
+    manifest = _manifest(run, tokens_dropped, config, tokenizer, summarizer, skipped_collections, shards, started)
     write_manifest(run.out / "manifest.json", manifest)
     storage.publish_tree(run.out, output)
     return manifest.model_dump(mode="json")
 
 
-def _take(result: TaskResult, run: _Run, config: DeepmoneyConfig, strict: bool) -> None:
+def _take(result: TaskResult, run: PtRun, config: DeepmoneyConfig, strict: bool) -> None:
     """Keep or drop each document of one task's result, in order; pack and index the kept ones."""
     counters = run.counters
     for ref, item in result.items:
@@ -381,7 +382,7 @@ def _take(result: TaskResult, run: _Run, config: DeepmoneyConfig, strict: bool) 
         counts["documents"] += 1
     if result.task.files_done:
         for ref in result.task.refs:
-            run.file_done(ref)
+            run.file_done(ref, result.digests.get(ref.uri))
 
 
 def _drop_reason(item: Prepared, dedup: Deduplicator, counters: _Counters, min_chars: int) -> str | None:
@@ -401,12 +402,12 @@ def _drop_reason(item: Prepared, dedup: Deduplicator, counters: _Counters, min_c
 
 
 def _manifest(
-    run: _Run,
+    run: PtRun,
     tokens_dropped: int,
     config: DeepmoneyConfig,
-    spec: TokenizerSpec,
+    tokenizer: dict[str, Any],
     summarizer: str,
-    resolved: Any,
+    skipped_collections: list[str],
     shards: list[Path],
     started: float,
 ) -> PtCorpusManifest:
@@ -436,15 +437,9 @@ def _manifest(
             "near_duplicate": counters.near,
         },
         "dedup_removed": counters.exact + counters.near,
-        "skipped_collections": [c.uri for c in resolved.collections],
+        "skipped_collections": skipped_collections,
         "summarizer": summarizer if data.summary.enabled else None,
-        "tokenizer": {
-            "uri": spec.uri,
-            "digest": spec.digest,
-            "vocab_size": spec.vocab_size,
-            "bos_token_id": spec.bos_id,
-            "eos_token_id": spec.eos_id,
-        },
+        "tokenizer": tokenizer,
         "config": data.model_dump(mode="json"),
         "inputs": inputs,
         "files": [
@@ -455,10 +450,15 @@ def _manifest(
     })  # fmt: skip
 
 
-def _input_entry(ref: FileRef, counts: dict[str, int]) -> dict[str, Any]:
+def input_digest(ref: FileRef) -> str | None:
+    """The sha256 inputs.jsonl records for a local input (None for S3, whose ETag is recorded)."""
+    return None if is_s3(ref.uri) else sha256_file(ref.uri)
+
+
+def _input_entry(ref: FileRef, counts: dict[str, int], sha256: str | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"uri": ref.uri, "size": ref.size, **counts}
     if is_s3(ref.uri):
         entry["etag"] = ref.version
     else:
-        entry["sha256"] = sha256_file(ref.uri)
+        entry["sha256"] = sha256 or sha256_file(ref.uri)
     return entry
