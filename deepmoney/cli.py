@@ -41,6 +41,7 @@ GROUPS = {
         help="The macro/micro database the news analysis reads, as of a date.", no_args_is_help=True
     ),
     "serve": typer.Typer(help="Serve the news analysis, or render its KServe objects.", invoke_without_command=True),
+    "pipeline": typer.Typer(help="The Kubeflow pipeline: compile it for `kfp run create`.", no_args_is_help=True),
     "intake": typer.Typer(
         help="News intake: the subjective/objective classifier and near-duplicates, before the chain.",
         no_args_is_help=True,
@@ -183,18 +184,11 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Synthesize the sft dataset: questions per chapter, answers from the chapter alone, assets in the instruction."""
-    from deepmoney.llm.roles import parse_endpoint
-    from deepmoney.synth.run import SynthOptions, synthesize
+    from deepmoney.synth.run import SynthOptions, role_endpoints, synthesize
 
     options = global_options(ctx)
     config = load_config(options.config)
-    flags = {"questioner": questioner, "answerer": answerer, "extractor": extractor}
-    endpoints = {}
-    for role, flag in flags.items():
-        spec = flag or getattr(config.synth, role).endpoint
-        if not spec:
-            raise UserError(f"no {role}: pass --{role} (local:MODEL_DIR or URL#MODEL) or set synth.{role}.endpoint")
-        endpoints[role] = parse_endpoint(role, spec)
+    endpoints = role_endpoints(config, {"questioner": questioner, "answerer": answerer, "extractor": extractor})
     synth_options = SynthOptions.from_config(
         config.synth,
         concurrency=concurrency,
@@ -685,6 +679,17 @@ def launch(
         typer.echo(json.dumps(launcher.submit(wait=wait, timeout=timeout)))
 
 
+def pipeline_compile(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The YAML file to write.")] = Path(
+        "deepmoney_pipeline.yaml"
+    ),
+) -> None:
+    """Compile the deepmoney pipeline to YAML; submit it with `kfp run create -f FILE -p workdir=... ...`."""
+    from deepmoney.pipeline.compile import compile_pipeline
+
+    typer.echo(str(compile_pipeline(output)))
+
+
 def quickstart(
     ctx: typer.Context,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
@@ -721,6 +726,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "marketdata show": marketdata_show,
     "marketdata load": marketdata_load,
     "serve render": serve_render,
+    "pipeline compile": pipeline_compile,
     "analyze": analyze,
     "intake train": intake_train,
     "intake run": intake_run,

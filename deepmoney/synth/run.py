@@ -402,6 +402,19 @@ def _settings(files: list[Any], endpoints: dict[str, Endpoint], options: SynthOp
     }
 
 
+def role_endpoints(config: DeepmoneyConfig, given: dict[str, str | None]) -> dict[str, Endpoint]:
+    """Each role's endpoint: the one `given` (`local:DIR` or `URL#MODEL`), else `synth.<role>.endpoint`."""
+    from deepmoney.llm.roles import parse_endpoint
+
+    endpoints = {}
+    for role in ROLES:
+        spec = given.get(role) or getattr(config.synth, role).endpoint
+        if not spec:
+            raise UserError(f"no {role}: pass --{role} (local:MODEL_DIR or URL#MODEL) or set synth.{role}.endpoint")
+        endpoints[role] = parse_endpoint(role, spec)
+    return endpoints
+
+
 def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], config: DeepmoneyConfig,
                options: SynthOptions | None = None, *, quiet: bool = False, storage: Storage | None = None,
                overwrite: bool = False) -> SynthResult:  # fmt: skip
