@@ -690,6 +690,26 @@ def pipeline_compile(
     typer.echo(str(compile_pipeline(output)))
 
 
+def pipeline_run(
+    ctx: typer.Context,
+    local: Annotated[bool, typer.Option("--local", help="Run it here with kfp.local (one process per task).")] = False,
+    params: Annotated[
+        Path | None, typer.Option("--params", help="YAML/JSON file of pipeline parameters (corpus, workdir, ...).")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="NAME=VALUE (repeatable; the value is read as YAML).")
+    ] = None,
+) -> None:
+    """Run the deepmoney pipeline: --local runs the same pipeline here (on a cluster: kfp run create -f ...)."""
+    from deepmoney.pipeline.local import read_parameters, run_local
+
+    if not local:
+        raise UserError("on a cluster, submit the compiled pipeline (deepmoney pipeline compile --output FILE, "
+                        "then kfp run create -f FILE); --local runs it here")  # fmt: skip
+    arguments = read_parameters(params, param or [])
+    typer.echo(json.dumps(run_local(arguments, global_options(ctx).config), indent=2))
+
+
 def quickstart(
     ctx: typer.Context,
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the run's outputs go.")] = Path(
@@ -727,6 +747,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "marketdata load": marketdata_load,
     "serve render": serve_render,
     "pipeline compile": pipeline_compile,
+    "pipeline run": pipeline_run,
     "analyze": analyze,
     "intake train": intake_train,
     "intake run": intake_run,

@@ -19,6 +19,7 @@ LOG_FORMAT = "DEEPMONEY_LOG_FORMAT"  # "text" (default) or "json": one JSON obje
 LAUNCHED = "DEEPMONEY_LAUNCHED"  # set by the local launcher in the ranks it starts
 LAUNCH_ATTEMPT = "DEEPMONEY_LAUNCH_ATTEMPT"  # which start of the ranks this is (0 = the first)
 VENV = "DEEPMONEY_VENV"  # the virtual environment scripts/install.sh installs into
+PIPELINE_ERRORS = "DEEPMONEY_PIPELINE_ERRORS"  # file the tasks of a local pipeline run append their errors to
 OPENAI_API_KEY = "OPENAI_API_KEY"  # the fallback API key of every role
 
 
@@ -35,7 +36,7 @@ def role_api_key_file(role: str) -> str:
 ROLES_WITH_KEYS = ("questioner", "answerer", "extractor", "summarizer", "llm")  # llm: `deepmoney serve --llm`
 # DEEPMONEY_* variables that are not configuration values (anything else with the prefix must be one).
 NOT_CONFIG = frozenset(
-    {CONFIG, LOG_LEVEL, LOG_FORMAT, LAUNCHED, LAUNCH_ATTEMPT, VENV}
+    {CONFIG, LOG_LEVEL, LOG_FORMAT, LAUNCHED, LAUNCH_ATTEMPT, VENV, PIPELINE_ERRORS}
     | {role_api_key(r) for r in ROLES_WITH_KEYS}
     | {role_api_key_file(r) for r in ROLES_WITH_KEYS}
 )

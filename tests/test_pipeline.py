@@ -149,3 +149,43 @@ def test_the_corpus_components_fan_out_and_merge_under_kfp_local(tmp_path: Path,
     got = {p.relative_to(merged): p.read_bytes() for p in merged.rglob("*") if p.is_file()}
     assert sorted(got) == sorted(expected)
     assert all(got[name] == expected[name] for name in expected if name.name != "manifest.json")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("corpus=[/no/such/reports]", "no usable input files in /no/such/reports"),
+        ("base_model=/no/such/model", "/no/such/model"),
+    ],
+    ids=["missing-corpus", "bad-model-uri"],
+)
+def test_a_bad_parameter_fails_the_local_run_at_the_first_stage_with_its_message(
+    tmp_path: Path, tiny_model: Path, param: str, message: str
+) -> None:
+    from tests.conftest import SAMPLE_CORPUS
+
+    args = ["pipeline", "run", "--local", "-p", f"corpus=[{SAMPLE_CORPUS}]", "-p", f"base_model={tiny_model}",
+            "-p", f"workdir={tmp_path / 'work'}", "-p", param]  # fmt: skip
+    result = run_cli(*args, timeout=600)
+    assert result.returncode == 2 and result.stdout == "", result.stdout[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the pipeline failed at build-pt-shard: ") and message in last, last
+    assert "Traceback" not in last
+
+
+def test_local_run_parameters_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("corpus: [reports]\nbase_model: m\n")
+    cases = [
+        (["pipeline", "run"], "--local runs it here"),
+        (["pipeline", "run", "--local", "--params", str(params)], "missing pipeline parameter workdir"),
+        (["pipeline", "run", "--local", "--params", str(tmp_path / "none.yaml")], "no such file"),
+        (["pipeline", "run", "--local", "-p", "colour=red"], "unknown pipeline parameter 'colour'"),
+        (["pipeline", "run", "--local", "-p", "novalue"], "expected NAME=VALUE"),
+    ]
+    for args, message in cases:
+        result = run_cli(*args)
+        assert_clean_error(result, message)
+        assert result.returncode == 2 and not result.stdout
+    assert not (tmp_path / ".kfp").exists()

@@ -118,6 +118,9 @@ def test_a_shard_and_a_merge_are_reused_and_mismatched_shards_refused(tiny_model
         result = run_cli("data", "merge-pt", *args, "--output", str(out), "--quiet", env=SMALL_TASKS)
         assert_clean_error(result, *needles)
         assert result.returncode == 2 and not out.exists()
+    missing = build_pt_cli([tmp_path / "no-such-dir"], tiny_model, tmp_path / "empty", "--shard", "0/2", "--quiet")
+    assert_clean_error(missing, "no usable input files", "no-such-dir")
+    assert not (tmp_path / "empty").exists()
     for bad in ("2/2", "1-2", "a/b"):
         refused = build_pt_cli([corpus], tiny_model, tmp_path / "bad", "--shard", bad, "--quiet")
         assert_clean_error(refused, f"--shard {bad}: expected K/N")

@@ -162,6 +162,10 @@ def build_pt_shard(
     if strict and resolved.rejected:
         bad = resolved.rejected[0]
         raise UserError(f"{bad.path}: {bad.reason} (--strict stops at the first bad input)")
+    if not resolved.files:  # every shard would be empty: fail here, not after N empty shards at the merge
+        why = f" (first: {resolved.rejected[0].path}: {resolved.rejected[0].reason})" if resolved.rejected else ""
+        raise UserError(f"no usable input files in {', '.join(inputs)}: {len(resolved.rejected)} rejected{why}; "
+                        "nothing was written")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="deepmoney-tok-") as scratch:
         spec = resolve_tokenizer(tokenizer_uri, storage, Path(scratch))
         corpus = corpus_settings(resolved.files, resolved.collections, spec.digest, config, summarizer_label)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from deepmoney import env
 from deepmoney.config import DeepmoneyConfig, load_config
 from deepmoney.errors import EXIT_USER, UserError
 from deepmoney.storage import Storage, join
@@ -49,7 +50,12 @@ def run_stage(stage: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -
     try:
         return stage(*args, **kwargs)
     except UserError as exc:
-        print(f"error: {stage.__name__.replace('_', '-')}: {exc}", file=sys.stderr, flush=True)
+        line = f"{stage.__name__.replace('_', '-')}: {exc}"
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        errors = env.get(env.PIPELINE_ERRORS)
+        if errors:  # `pipeline run --local` reports the first one as the run's own error
+            with open(errors, "a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
         raise SystemExit(getattr(exc, "exit_code", EXIT_USER)) from None
 
 
