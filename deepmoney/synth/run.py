@@ -410,7 +410,8 @@ def role_endpoints(config: DeepmoneyConfig, given: dict[str, str | None]) -> dic
     for role in ROLES:
         spec = given.get(role) or getattr(config.synth, role).endpoint
         if not spec:
-            raise UserError(f"no {role}: pass --{role} (local:MODEL_DIR or URL#MODEL) or set synth.{role}.endpoint")
+            raise UserError(f"no {role}: give --{role} (the pipeline's {role} parameter) as local:MODEL_DIR or "
+                            f"URL#MODEL, or set synth.{role}.endpoint")  # fmt: skip
         endpoints[role] = parse_endpoint(role, spec)
     return endpoints
 
