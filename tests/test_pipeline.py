@@ -189,3 +189,21 @@ def test_local_run_parameters_are_checked_before_anything_runs(tmp_path: Path) -
         assert_clean_error(result, message)
         assert result.returncode == 2 and not result.stdout
     assert not (tmp_path / ".kfp").exists()
+
+
+def test_training_pods_get_the_claim_and_secrets_the_pipeline_tasks_get(tmp_path: Path) -> None:
+    from deepmoney.launch.render import render_objects
+
+    pods = {"volume_claim": "team-claim", "s3_secret": "team-s3", "mlflow_secret": "team-mlflow"}
+    config = stages.train_config("pt", "s3://models/base", "s3://corpora/pt", "/workspace/runs", "pytorchjob", 8,
+                                 overrides={"launch": {"namespace": "ml"}}, cluster=pods)  # fmt: skip
+    assert (config.launch.volume_claim, config.launch.s3_secret, config.launch.mlflow_secret) == tuple(pods.values())
+    assert config.train.output == "/workspace/runs/train-pt" and config.launch.namespace == "ml"
+    _, job = render_objects(config, "pytorchjob", nodes=2, gpus_per_node=8)
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in pod["containers"][0]["env"] if "valueFrom" in e}
+    assert claims == {"team-claim"} and secrets == {"team-s3", "team-mlflow"}
+    local = stages.train_config("sft", str(tmp_path / "m"), str(tmp_path / "d"), str(tmp_path), "local", 2,
+                                max_steps=3, cluster=pods)  # fmt: skip
+    assert local.launch.volume_claim is None and local.train.nproc == 2 and local.train.max_steps == 3

@@ -87,11 +87,14 @@ def deepmoney_pipeline(
 
     trained_pt = on_cluster(c.train_pt(base_model=base_model, corpus=pt.outputs["corpus"], workdir=workdir,
                                        train_dir=train_dir, backend=backend, nodes=nodes, gpus_per_node=gpus_per_node,
-                                       max_steps=pt_max_steps, lora=lora, config=config))  # fmt: skip
+                                       max_steps=pt_max_steps, lora=lora, config=config,
+                                       volume_claim=volume_claim, s3_secret=s3_secret,
+                                       mlflow_secret=mlflow_secret))  # fmt: skip
     trained_sft = on_cluster(c.train_sft(base=trained_pt.outputs["model"], dataset=sft.outputs["dataset"],
                                          workdir=workdir, train_dir=train_dir, backend=backend, nodes=nodes,
                                          gpus_per_node=gpus_per_node, max_steps=sft_max_steps, lora=lora,
-                                         config=config))  # fmt: skip
+                                         config=config, volume_claim=volume_claim, s3_secret=s3_secret,
+                                         mlflow_secret=mlflow_secret))  # fmt: skip
     evaluation = on_cluster(c.evaluate(model=trained_sft.outputs["model"], corpus=pt.outputs["corpus"],
                                        dataset=sft.outputs["dataset"], workdir=workdir, config=config))  # fmt: skip
     on_cluster(c.register_and_promote(model=trained_sft.outputs["model"], evaluation=evaluation.outputs["metrics"],

@@ -155,13 +155,13 @@ def merge_sft(shards: list[str], workdir: str, overrides: dict[str, Any] | None 
 # --- training, evaluation, registry ---------------------------------------------------------------
 
 
-def train(stage: str, model: str, data: str, train_dir: str, backend: str, nodes: int, gpus_per_node: int,
-          max_steps: int = 0, lora: bool = False,
-          overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Train `stage` (pt or sft) through the launcher interface — a PyTorchJob, a TrainJob or torchrun here —
-    and wait for it; the job's status goes to this process's log. The output is TRAIN_DIR/train-<stage>."""
+def train_config(stage: str, model: str, data: str, train_dir: str, backend: str, gpus_per_node: int,
+                 max_steps: int = 0, lora: bool = False, overrides: dict[str, Any] | None = None,
+                 cluster: dict[str, str] | None = None) -> DeepmoneyConfig:  # fmt: skip
+    """The training run's configuration: the run's settings, this stage's paths and sizes, and for a cluster
+    backend the pods' claim and Secrets (`cluster`: volume_claim, s3_secret, mlflow_secret) — the ones the
+    pipeline's own tasks get, so that they are named once."""
     from deepmoney.config import deep_merge, overrides_from_flags
-    from deepmoney.launch.launcher import launcher_for
 
     if stage not in ("pt", "sft"):
         raise UserError(f"stage {stage!r}: pt or sft")
@@ -169,7 +169,21 @@ def train(stage: str, model: str, data: str, train_dir: str, backend: str, nodes
     flags = {"train.stage": stage, "train.model": model, "train.data": data, "train.output": output,
              "train.max_steps": max_steps or None, "train.lora.enabled": lora,
              "train.nproc": gpus_per_node if backend == "local" else None}  # fmt: skip
-    config = load_config(overrides=deep_merge(overrides or {}, overrides_from_flags(**flags)))
+    merged = deep_merge(overrides or {}, overrides_from_flags(**flags))
+    if backend != "local" and cluster:
+        merged = deep_merge(merged, {"launch": {k: v for k, v in cluster.items() if v}})
+    return load_config(overrides=merged)
+
+
+def train(stage: str, model: str, data: str, train_dir: str, backend: str, nodes: int, gpus_per_node: int,
+          max_steps: int = 0, lora: bool = False, overrides: dict[str, Any] | None = None,
+          cluster: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Train `stage` (pt or sft) through the launcher interface — a PyTorchJob, a TrainJob or torchrun here —
+    and wait for it; the job's status goes to this process's log. The output is TRAIN_DIR/train-<stage>."""
+    from deepmoney.launch.launcher import launcher_for
+
+    config = train_config(stage, model, data, train_dir, backend, gpus_per_node, max_steps, lora, overrides, cluster)
+    output = str(config.train.output)
     launcher = launcher_for(config, backend, nodes=nodes, gpus_per_node=gpus_per_node, quiet=True)
     result = launcher.submit(wait=True, timeout=None)
     manifest = _manifest(output)
