@@ -41,7 +41,7 @@ GROUPS = {
         help="The macro/micro database the news analysis reads, as of a date.", no_args_is_help=True
     ),
     "serve": typer.Typer(help="Serve the news analysis, or render its KServe objects.", invoke_without_command=True),
-    "pipeline": typer.Typer(help="The Kubeflow pipeline: compile it for `kfp run create`.", no_args_is_help=True),
+    "pipeline": typer.Typer(help="The Kubeflow pipeline: compile it, or run it here.", no_args_is_help=True),
     "intake": typer.Typer(
         help="News intake: the subjective/objective classifier and near-duplicates, before the chain.",
         no_args_is_help=True,
