@@ -55,7 +55,7 @@ def test_kfp_loads_the_pipeline_with_every_component_and_parameter(compiled: Pat
     assert loaded.name == "deepmoney"
     inputs = set(loaded.component_spec.inputs)
     assert {"corpus", "base_model", "workdir", "questioner", "answerer", "extractor", "pt_shards", "sft_shards",
-            "backend", "nodes", "gpus_per_node", "lora", "registered_model", "config"} <= inputs  # fmt: skip
+            "backend", "nodes", "gpus_per_node", "lora", "registered_model", "deploy", "config"} <= inputs  # fmt: skip
     assert not inputs & {"aws_secret_access_key", "mlflow_tracking_password", "password", "token"}
     spec = next(yaml.safe_load_all(compiled.read_text()))
     executors = spec["deploymentSpec"]["executors"]
@@ -70,6 +70,9 @@ def test_kfp_loads_the_pipeline_with_every_component_and_parameter(compiled: Pat
     inner = {task for loop in fan_outs for task in spec["components"][loop]["dag"]["tasks"]}
     assert len(fan_outs) == 2 and inner == {"build-pt-shard", "synthesize-sft-shard"}  # ParallelFor over shards
     assert all(t.get("cachingOptions", {}) == {} for t in dag.values())  # stages reuse by fingerprint, not KFP
+    (gate,) = [t for t in dag.values() if "triggerPolicy" in t]  # deploy only when asked
+    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy'] == true"
+    assert set(spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]) == {"deploy"}
 
 
 def test_every_task_gets_the_secrets_the_claim_and_shared_memory(compiled: Path) -> None:

@@ -121,5 +121,16 @@ def train_intake(workdir: str, config: dict, classifier: Output[Model]) -> None:
     report(classifier, run_stage(train_intake, workdir, None, config))
 
 
+@dsl.component(**COMPONENT)
+def deploy(name: str, namespace: str, gpus: int, gpu: str, model_config: str, config: dict, promotion: str) -> str:
+    """Serve the champion on KServe: the LLM, the step models and the graph; waits until Ready, asks once."""
+    import json
+
+    from deepmoney.pipeline.stages import deploy, run_stage
+
+    del promotion  # an input so that the champion is deployed after this run's promotion decision
+    return json.dumps(run_stage(deploy, name, namespace, gpus, gpu, model_config, "", 3600.0, config))
+
+
 COMPONENTS = (plan_shards, build_pt_shard, merge_pt, synthesize_sft_shard, merge_sft, train_pt, train_sft, evaluate,
-              register_and_promote, train_intake)  # fmt: skip
+              register_and_promote, train_intake, deploy)  # fmt: skip

@@ -1,4 +1,5 @@
-"""The deepmoney pipeline: reports and textbooks -> pt corpus and sft dataset -> pt, sft -> evaluate -> registry.
+"""The deepmoney pipeline: reports and textbooks -> pt corpus and sft dataset -> pt, sft -> evaluate -> registry
+-> (with `deploy`) the champion on KServe behind the InferenceGraph.
 
 build-pt and synthesis fan out over shards (`ParallelFor`) and merge; training runs through the launcher
 interface (a PyTorchJob, a TrainJob, or torchrun in the component's own pod with `backend=local`); the
@@ -53,6 +54,11 @@ def deepmoney_pipeline(
     sft_max_steps: int = 0,
     lora: bool = False,
     registered_model: str = "deepmoney",
+    deploy: bool = False,
+    serving_namespace: str = "",
+    serving_gpus: int = 0,
+    serving_gpu: str = "",
+    model_config: str = "",
     config: dict = {},  # noqa: B006  (a KFP parameter default, never mutated)
     volume_claim: str = "deepmoney-workspace",
     s3_secret: str = "deepmoney-s3",
@@ -64,8 +70,9 @@ def deepmoney_pipeline(
     or a path on the claim). workdir: where stage outputs go (s3:// or under /workspace); a second run
     reuses every finished stage. train_dir: training outputs on the claim (default: workdir).
     questioner/answerer/extractor: URL#MODEL or local:DIR (empty: synth.<role>.endpoint of the config).
-    backend: pytorchjob, trainjob or local. config: deepmoney settings as a nested object
-    ({"data": {"block_size": 4096}, "registry": {"margin": 0.02}}).
+    backend: pytorchjob, trainjob or local. deploy: serve the champion on KServe at the end (serving_gpus, or
+    serving_gpu + model_config for the planner; serving_namespace default launch.namespace). config: deepmoney
+    settings as a nested object ({"data": {"block_size": 4096}, "registry": {"margin": 0.02}}).
     """
 
     def on_cluster(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -97,6 +104,10 @@ def deepmoney_pipeline(
                                          mlflow_secret=mlflow_secret))  # fmt: skip
     evaluation = on_cluster(c.evaluate(model=trained_sft.outputs["model"], corpus=pt.outputs["corpus"],
                                        dataset=sft.outputs["dataset"], workdir=workdir, config=config))  # fmt: skip
-    on_cluster(c.register_and_promote(model=trained_sft.outputs["model"], evaluation=evaluation.outputs["metrics"],
-                                      name=registered_model, config=config))  # fmt: skip
+    promoted = on_cluster(c.register_and_promote(model=trained_sft.outputs["model"],
+                                                 evaluation=evaluation.outputs["metrics"], name=registered_model,
+                                                 config=config))  # fmt: skip
     on_cluster(c.train_intake(workdir=workdir, config=config))
+    with dsl.If(deploy == True, name="deploy-the-champion"):  # noqa: E712  (a KFP condition, not a Python test)
+        on_cluster(c.deploy(name=registered_model, namespace=serving_namespace, gpus=serving_gpus, gpu=serving_gpu,
+                            model_config=model_config, config=config, promotion=promoted.output))  # fmt: skip

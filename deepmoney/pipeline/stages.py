@@ -217,6 +217,37 @@ def register_and_promote(mlflow_run_id: str | None, name: str, source: str | Non
     return {"name": name, "version": registered["version"], "source": registered.get("source"), **decision}
 
 
+def deploy(
+    name: str,
+    namespace: str,
+    gpus: int = 0,
+    gpu: str = "",
+    model_config: str = "",
+    intake_model: str = "",
+    timeout: float = 3600.0,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Serve the registered champion of `name`: `serve render`'s objects applied, waited on until Ready, asked once.
+
+    `gpus` given: that layout; else `gpu` (a planner GPU type) and `model_config` plan it (`serve render`).
+    `intake_model`: the intake classifier's storageUri, to start the graph with it.
+    """
+    from deepmoney.pipeline.deploy import cluster_api_client, deploy_objects
+    from deepmoney.registry import serving_uri
+    from deepmoney.serving.render import Sizing, render_objects
+
+    config = config_of(overrides)
+    model_uri = serving_uri(name, config, alias="champion")
+    objects = render_objects(model_uri=model_uri, gpus=gpus or None, nodes=None, image=None,
+                             namespace=namespace or None, model_config=model_config or None, kind="inferenceservice",
+                             market_data_secret=None, served_model_name=config.serving.served_model_name,
+                             intake_model_uri=intake_model or None, sizing=Sizing(gpu=gpu or None))  # fmt: skip
+    api_client = cluster_api_client(config.launch.kubeconfig, config.launch.context)
+    result = deploy_objects(api_client, objects, namespace or config.launch.namespace, timeout=timeout,
+                            poll=config.launch.poll_seconds, attempts=config.launch.api_attempts)  # fmt: skip
+    return {"model_uri": model_uri, **result}
+
+
 def train_intake(workdir: str, data: list[str] | None = None, overrides: dict[str, Any] | None = None,
                  register: bool = False) -> dict[str, Any]:  # fmt: skip
     """`intake train` (the subjective/objective classifier) into WORKDIR/intake-classifier."""

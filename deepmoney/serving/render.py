@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from deepmoney.errors import UserError
 from deepmoney.kube import default_image, to_yaml
@@ -74,10 +75,11 @@ def layout(model: Shape | None, gpus: int | None, nodes: int | None, sizing: Siz
     return gpus, nodes
 
 
-def render_yaml(*, model_uri: str, gpus: int | None, nodes: int | None, image: str | None, namespace: str | None,
-                model_config: str | None, kind: str, market_data_secret: str | None, served_model_name: str,
-                intake_model_uri: str | None = None, sizing: Sizing | None = None) -> str:  # fmt: skip
-    """The objects `render` makes, as multi-document YAML, after the ConfigMap change request ids need (comments)."""
+def render_objects(*, model_uri: str, gpus: int | None, nodes: int | None, image: str | None,
+                   namespace: str | None, model_config: str | None, kind: str, market_data_secret: str | None,
+                   served_model_name: str, intake_model_uri: str | None = None,
+                   sizing: Sizing | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The serving objects, in apply order: the LLM (planned or given layout), the steps, the graph."""
     sizing = sizing or Sizing()
     model = shape(model_config, "--model-config") if model_config is not None else None
     gpus, nodes = layout(model, gpus, nodes, sizing)
@@ -93,5 +95,10 @@ def render_yaml(*, model_uri: str, gpus: int | None, nodes: int | None, image: s
     steps = StepSpec(image=image or default_image(), llm_url=llm_url(llm), served_model_name=served_model_name,
                      namespace=namespace, market_data_secret=market_data_secret,
                      intake_model_uri=intake_model_uri)  # fmt: skip
+    return render(llm, steps, kind)
+
+
+def render_yaml(**arguments: Any) -> str:
+    """`render_objects` as multi-document YAML, after the ConfigMap change request ids need (comments)."""
     note = "\n".join(line if line.startswith("#") else f"#   {line}" for line in router_headers_note().splitlines())
-    return f"{note}\n{to_yaml(render(llm, steps, kind))}"
+    return f"{note}\n{to_yaml(render_objects(**arguments))}"
