@@ -156,25 +156,33 @@ def test_the_corpus_components_fan_out_and_merge_under_kfp_local(tmp_path: Path,
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("param", "message"),
+    ("param", "stages_needing_it", "message"),
     [
-        ("corpus=[/no/such/reports]", "no usable input files in /no/such/reports"),
-        ("base_model=/no/such/model", "/no/such/model"),
+        ("corpus=[/no/such/reports]", ("build-pt-shard", "synthesize-sft-shard"), "/no/such/reports"),
+        ("base_model=/no/such/model", ("build-pt-shard",), "/no/such/model"),
     ],
     ids=["missing-corpus", "bad-model-uri"],
 )
 def test_a_bad_parameter_fails_the_local_run_at_the_first_stage_with_its_message(
-    tmp_path: Path, tiny_model: Path, param: str, message: str
+    tmp_path: Path, tiny_model: Path, param: str, stages_needing_it: tuple[str, ...], message: str
 ) -> None:
+    """kfp.local runs independent branches in no fixed order, so the run ends at whichever stage needing the
+    parameter ran first; the roles answer (a scripted server), so no other stage can fail first."""
+    from deepmoney.llm.scripted_server import ScriptedOpenAIServer
     from tests.conftest import SAMPLE_CORPUS
+    from tests.test_synth import MODELS, scripted_analyst
 
-    args = ["pipeline", "run", "--local", "-p", f"corpus=[{SAMPLE_CORPUS}]", "-p", f"base_model={tiny_model}",
-            "-p", f"workdir={tmp_path / 'work'}", "-p", param]  # fmt: skip
-    result = run_cli(*args, timeout=600)
+    with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS) as server:
+        roles = [f"{role}={server.base_url}#{model}" for role, model in zip(("questioner", "answerer", "extractor"),
+                                                                          MODELS, strict=True)]  # fmt: skip
+        args = ["pipeline", "run", "--local", "-p", f"corpus=[{SAMPLE_CORPUS}]", "-p", f"base_model={tiny_model}",
+                "-p", f"workdir={tmp_path / 'work'}", "-p", 'config={"data": {"heldout_fraction": 0.3}}',
+                *[a for role in roles for a in ("-p", role)], "-p", param]  # fmt: skip
+        result = run_cli(*args, timeout=900)
     assert result.returncode == 2 and result.stdout == "", result.stdout[-2000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: the pipeline failed at build-pt-shard: ") and message in last, last
-    assert "Traceback" not in last
+    assert any(last.startswith(f"error: the pipeline failed at {stage}: ") for stage in stages_needing_it), last
+    assert message in last and "Traceback" not in last
 
 
 def test_local_run_parameters_are_checked_before_anything_runs(tmp_path: Path) -> None:

@@ -428,7 +428,7 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
     if options.shard is not None and not (0 <= options.shard[0] < options.shard[1]):
         raise UserError(f"--shard {options.shard[0]}/{options.shard[1]}: expected K/N with 0 <= K < N")
     work, rejected, files = _chapters(inputs, storage, config, options)
-    if not work and options.shard is None:
+    if not work and (options.shard is None or not files):  # a shard may be empty; a corpus with no file may not
         raise UserError(
             f"no chapters to ask about in {', '.join(inputs)} ({len(rejected)} inputs rejected or too short); "
             "check the paths and formats"
