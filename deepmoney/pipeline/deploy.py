@@ -166,13 +166,13 @@ def deploy_objects(api_client: Any, objects: list[dict[str, Any]], namespace: st
 
 def cluster_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """A Kubernetes API client: the pod's service account inside a cluster, else the kubeconfig."""
-    import os
-
     from kubernetes import client
     from kubernetes import config as kube_config
 
+    from deepmoney import env
+
     try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and kubeconfig is None:
+        if env.get(env.KUBERNETES_SERVICE_HOST) and kubeconfig is None:
             kube_config.load_incluster_config()
             return client.ApiClient()
         return kube_config.new_client_from_config(config_file=kubeconfig, context=context)
