@@ -229,6 +229,15 @@ def corpus_tasks(files: list[FileRef], storage: Storage, records_per_task: int,
         yield Task(group, files_done=len(group))
 
 
+def checked_inputs(inputs: list[str], storage: Storage, strict: bool) -> Any:
+    """The input files under `inputs`; with `strict`, the first unreadable one is an error instead of a record."""
+    resolved = resolve_inputs(inputs, storage)
+    if strict and resolved.rejected:
+        bad = resolved.rejected[0]
+        raise UserError(f"{bad.path}: {bad.reason} (--strict stops at the first bad input)")
+    return resolved
+
+
 def build_pt(
     inputs: list[str],
     tokenizer_uri: str,
@@ -246,10 +255,7 @@ def build_pt(
     started = time.perf_counter()
     storage.check_writable(output)
     summarizer_label = summarizer_name(config)  # fails now, not in a worker, if misconfigured
-    resolved = resolve_inputs(inputs, storage)
-    if strict and resolved.rejected:
-        bad = resolved.rejected[0]
-        raise UserError(f"{bad.path}: {bad.reason} (--strict stops at the first bad input)")
+    resolved = checked_inputs(inputs, storage, strict)
     with tempfile.TemporaryDirectory(prefix="deepmoney-tok-") as scratch:
         spec = resolve_tokenizer(tokenizer_uri, storage, Path(scratch))
         settings = corpus_settings(resolved.files, resolved.collections, spec.digest, config, summarizer_label)

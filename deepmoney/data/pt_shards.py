@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from deepmoney.config import DeepmoneyConfig, result_settings
 from deepmoney.data.document import Document
-from deepmoney.data.ingest import load_collections, read_documents, resolve_inputs
+from deepmoney.data.ingest import load_collections, read_documents
 from deepmoney.data.llm_summary import make_summarizer, prefetch_summaries, summarizer_name
 from deepmoney.data.process import DocumentProcessor, Prepared, Task, TaskResult
 from deepmoney.data.pt import (
@@ -43,6 +43,7 @@ from deepmoney.data.pt import (
     PtBuildResult,
     PtRun,
     assemble,
+    checked_inputs,
     corpus_settings,
     corpus_tasks,
     finish,
@@ -158,10 +159,7 @@ def build_pt_shard(
     started = time.perf_counter()
     storage.check_writable(output)
     summarizer_label = summarizer_name(config)
-    resolved = resolve_inputs(inputs, storage)
-    if strict and resolved.rejected:
-        bad = resolved.rejected[0]
-        raise UserError(f"{bad.path}: {bad.reason} (--strict stops at the first bad input)")
+    resolved = checked_inputs(inputs, storage, strict)
     if not resolved.files:  # every shard would be empty: fail here, not after N empty shards at the merge
         why = f" (first: {resolved.rejected[0].path}: {resolved.rejected[0].reason})" if resolved.rejected else ""
         raise UserError(f"no usable input files in {', '.join(inputs)}: {len(resolved.rejected)} rejected{why}; "
@@ -205,7 +203,6 @@ def build_pt_shard(
                     indices.append(index)
                     yield task
 
-            documents_done = 0
             with tqdm(total=ours, initial=done, unit="task", desc=f"build-pt shard {k}/{n}", disable=quiet,
                       dynamic_ncols=True) as bar:  # fmt: skip
                 for result in ordered_map(processor, tasks(), worker_count(config.data.workers)):
@@ -215,7 +212,6 @@ def build_pt_shard(
                     if result.task.files_done:
                         result.digests = {r.uri: d for r in result.task.refs if (d := input_digest(r)) is not None}
                     atomic_write_bytes(out / task_file(index), encode_task(index, result))
-                    documents_done += sum(isinstance(item, Prepared) for _, item in result.items)
                     bar.update(1)
             manifest = PtShardManifest(
                 fingerprint=fp, settings=settings, shard=k, shard_count=n, corpus_fingerprint=fingerprint(KIND, corpus),
