@@ -271,6 +271,18 @@ def test_the_resolver_takes_every_form_of_model_reference(
             weights = load_file(resolved.path / "model.safetensors")
             assert all(torch.equal(weights[k], expected[k]) for k in expected), form
     assert resolve_model(str(out / "good"), config, tmp_path / "cache").train_output == out / "good"
+    # The alias moves: the same URI now names version 1, and the cache does not hand back version 2's weights.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking["MLFLOW_TRACKING_URI"])
+    client.set_registered_model_alias(NAME, CHALLENGER, "1")
+    try:
+        moved = resolve_model(f"models:/{NAME}@{CHALLENGER}", config, tmp_path / "cache")
+        assert moved.registered == (NAME, "1") and moved.training_run_id == manifest["mlflow_run_id"]
+        weights = load_file(moved.path / "model.safetensors")
+        assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    finally:
+        client.set_registered_model_alias(NAME, CHALLENGER, "2")
 
 
 def test_registry_bad_inputs(champion_run, tracking: dict[str, str], tmp_path: Path) -> None:

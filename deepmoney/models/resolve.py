@@ -140,7 +140,11 @@ def _from_mlflow(uri: str, config: DeepmoneyConfig, cache: Path, what: str) -> R
         except MlflowException as exc:
             raise UserError(f"{what} {uri}: cannot download {source}: {mlflow_error(exc)}") from None
 
-    target = download_once(cache / f"mlflow-{digest(uri)}", download)
+    from deepmoney.tracking.server import tracking_uri
+
+    # Keyed by what the reference points at now, on which server: an alias that moved, or the same name and
+    # version in another registry, is another model.
+    target = download_once(cache / f"mlflow-{digest([tracking_uri(config.train.mlflow), source, run_id])}", download)
     for root in [*(p for p in sorted(target.iterdir()) if p.is_dir()), target]:
         try:
             return ResolvedModel(hf_directory(root), uri, run_id, registered)
