@@ -109,3 +109,26 @@ def test_sharded_build_on_s3_writes_the_unsharded_bytes(s3_endpoint: S3Endpoint,
     manifests = [{k: v for k, v in json.loads(m["manifest.json"]).items() if k not in volatile}
                  for m in (whole, sharded)]  # fmt: skip
     assert manifests[0] == manifests[1] and manifests[0]["documents"] == 7
+
+
+def test_the_pipelines_intake_stage_writes_its_classifier_to_an_s3_workdir(
+    s3_endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster the run's workdir is s3:// (or the claim): the intake classifier is published there whole,
+    and the next run finds it by its fingerprint."""
+    from deepmoney.pipeline import stages
+
+    for name, value in s3_endpoint.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    client = s3_endpoint.client()
+    client.create_bucket(Bucket="runs")
+    small = {"intake": {"classifier": {"epochs": 1, "hidden_size": 32, "layers": 1, "heads": 2}}}
+    result = stages.train_intake("s3://runs/r1", overrides=small)
+    assert result["uri"] == "s3://runs/r1/intake-classifier" and not result["reused"]
+    manifest = json.loads(client.get_object(Bucket="runs", Key="r1/intake-classifier/manifest.json")["Body"].read())
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="runs", Prefix="r1/intake-classifier/")["Contents"]}
+    names = {key.removeprefix("r1/intake-classifier/") for key in keys}
+    assert {"manifest.json", "metrics.json", "heldout.jsonl", "config.json", "model.safetensors"} <= names, names
+    assert manifest["metrics"] == result["metrics"]
+    assert stages.train_intake("s3://runs/r1", overrides=small)["reused"]

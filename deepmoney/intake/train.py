@@ -63,8 +63,7 @@ def train_intake_classifier(output: str, data: list[Path] | None, config: Deepmo
                             quiet: bool = False) -> ClassifierResult:  # fmt: skip
     """Train on `data` (None: the shipped set), report held-out accuracy/F1, write `output`, log to MLflow."""
     storage = Storage(config.storage)
-    if str(output).startswith("s3://"):
-        raise UserError(f"--output {output}: the classifier is written to a local directory; copy it to S3 after")
+    storage.check_writable(output)
     examples = read_labelled(data)
     train, heldout = split(examples, config.intake.classifier.heldout_fraction, config.intake.classifier.seed)
     if not heldout:
