@@ -187,6 +187,9 @@ class SynthConfig(Section):
     answerer: RoleConfig = Field(default_factory=lambda: RoleConfig(temperature=0.2, max_tokens=768))
     extractor: RoleConfig = Field(default_factory=lambda: RoleConfig(temperature=0.0, max_tokens=128))
     questions_per_chapter: int = Field(3, ge=1, le=50, description="Questions kept per chapter.")
+    max_chapters: int | None = Field(
+        None, ge=1, description="Ask about the first N chapters only (input order; unset = every chapter)."
+    )
     min_grounding: float = Field(
         0.5, ge=0.0, le=1.0, description="Least share of an answer's content words found in its chapter."
     )

@@ -443,3 +443,25 @@ def test_local_roles_answer_lists_that_parse_even_from_random_models(tmp_path: P
         failed, total = map(int, re.search(r"\((\d+) of (\d+) requests failed", text).groups())
         assert failed == 0 and total >= 2  # the roles were asked, and answered
     assert "not a list" not in text and "request failed" not in text, text
+
+
+def _answerer_declines(model: str, messages: list[dict[str, str]]) -> str:
+    if model == MODELS[1]:
+        return "I cannot answer that from this excerpt; it does not provide the figures asked about."
+    return scripted_analyst(model, messages)
+
+
+def test_a_shard_that_kept_no_pair_is_published_and_a_merge_of_nothing_fails(tmp_path: Path) -> None:
+    """A shard's roles answered but the filters rejected every pair: that is its share of the run (published, with
+    its rejections, and warned about); the merge fails loudly when no shard kept anything."""
+    with ScriptedOpenAIServer(responder=_answerer_declines, models=MODELS) as server:
+        parts = [run_cli(*_synth_args(server.base_url, tmp_path / f"shard{k}", "--shard", f"{k}/2")) for k in range(2)]
+    shards = [tmp_path / f"shard{k}" for k in range(2)]
+    for part, shard in zip(parts, shards, strict=True):
+        assert part.returncode == 0, part.stderr
+        assert "kept no question-answer pair" in part.stderr and "refusal" in part.stderr
+        manifest = json.loads((shard / "manifest.json").read_text())
+        assert manifest["records"] == manifest["heldout_records"] == 0 and manifest["rejected"] > 0
+    merged = run_cli("synth-merge", "--input", *map(str, shards), "--output", str(tmp_path / "merged"))
+    assert_clean_error(merged, "synthesis produced no dataset", "in any of the 2 shards", "nothing was written")
+    assert not (tmp_path / "merged").exists()

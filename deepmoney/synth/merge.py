@@ -48,6 +48,10 @@ def merge_shards(shards: list[str], output: str, storage: Storage | None = None,
     heldout = sorted((r for s in shards for r in _lines(storage, join(s, export.HELDOUT_FILE))), key=order)
     rejected = [r for s in shards for r in _lines(storage, join(s, "rejected.jsonl"))]
     rejected.sort(key=lambda r: r.get("order", -1))
+    if not records and not heldout:
+        raise UserError(f"synthesis produced no dataset: no question-answer pair passed the filters in any of the "
+                        f"{len(shards)} shards ({len(rejected)} rejected; see each shard's rejected.jsonl); "
+                        "nothing was written")  # fmt: skip
     settings = {"shards": [m["fingerprint"] for m in manifests]}
     fp = fingerprint(KIND, settings)
     claim = claim_output(storage, output, KIND, fp, settings, overwrite=overwrite)

@@ -121,6 +121,7 @@ class SynthOptions:
             )
         settings = {
             "questions_per_chapter": config.questions_per_chapter,
+            "max_chapters": config.max_chapters,
             "min_grounding": config.min_grounding,
             "max_question_similarity": config.max_question_similarity,
             "max_chapter_chars": config.max_chapter_chars,
@@ -457,7 +458,7 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
         records = [r for o in outcomes for r in o.records]
         rejected += [r for o in outcomes for r in o.rejected]
         manifest = _manifest(fp, settings, work, records, rejected, backends, options, started, resumed)
-        _check_produced(manifest, work)
+        _check_produced(manifest, work, sharded=options.shard is not None)
         out = staging / "out"
         out.mkdir(exist_ok=True)
         train = [r for r in records if r["meta"]["split"] == "train"]
@@ -473,8 +474,12 @@ def synthesize(inputs: list[str], output: str, endpoints: dict[str, Endpoint], c
     return SynthResult(output, manifest.model_dump(mode="json"))
 
 
-def _check_produced(manifest: SftDatasetManifest, work: list[_Work]) -> None:
-    """A run that produced no record, or in which every request failed, is a failure: nothing is published."""
+def _check_produced(manifest: SftDatasetManifest, work: list[_Work], sharded: bool = False) -> None:
+    """A run that produced no record, or in which every request failed, is a failure: nothing is published.
+
+    A shard whose roles answered but whose pairs the filters all rejected is one share of a run (published
+    with its rejections, and warned about); the merge fails when no shard kept a pair.
+    """
     if not work:
         return  # a shard that holds no chapter: an empty share of a sharded run
     extra = manifest.model_extra or {}
@@ -482,11 +487,17 @@ def _check_produced(manifest: SftDatasetManifest, work: list[_Work]) -> None:
     failed = sum(r["failed"] for r in stats)
     # attempts = successes + retries + failures (ClientStats); answers from the cache succeeded earlier
     succeeded = sum(r["requests"] - r["retries"] - r["failed"] + r["cached"] for r in stats)
-    if manifest.records + manifest.heldout_records and succeeded:
-        return
     reasons = extra.get("rejected_by_reason", {})
     top = ", ".join(f"{k} ({v})" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:3]) or "none recorded"
-    what = "every request failed" if not succeeded else "no question-answer pair passed the filters"
+    if manifest.records + manifest.heldout_records and succeeded:
+        return
+    if sharded and succeeded:
+        log.warning("this shard kept no question-answer pair: the filters rejected them all (main reasons: %s)", top)
+        return
+    what = "no question-answer pair passed the filters"
+    if not succeeded:
+        down = [f"the {role} endpoint {manifest.roles[role]}" for role, r in extra["requests"].items() if r["failed"]]
+        what = f"every request failed ({', '.join(down)} never answered)" if down else "every request failed"
     raise UserError(f"synthesis produced no dataset: {what} ({failed} of {succeeded + failed} requests failed; "
                     f"main reasons: {top}); nothing was written")  # fmt: skip
 
