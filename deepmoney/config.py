@@ -412,6 +412,12 @@ class ServingConfig(Section):
     llm_concurrency: int = Field(128, ge=1, description="LLM calls in flight at once, over all requests.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted (413 above).")
     max_news_chars: int = Field(20_000, ge=100, description="Longest news text accepted (400 above).")
+    dictionary_in_prompt: int = Field(
+        40,
+        ge=0,
+        description="Step 2 is shown the data dictionary (each series' id, name and unit) and names series by id, "
+        "when the database holds at most this many series (0: never; a larger database is matched by name).",
+    )
     on_data_unavailable: Literal["note", "error"] = Field(
         "note",
         description="Market database down: 'note' answers without data and says so; 'error' answers 503.",

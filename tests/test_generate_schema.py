@@ -80,3 +80,25 @@ def test_without_a_schema_the_same_model_writes_no_json(generator: Generator) ->
 def test_an_unusable_schema_is_a_clear_error(generator: Generator) -> None:
     with pytest.raises(ValueError, match="JSON schema not usable"):
         generator.generate(_conversations(1), GenerationSettings(max_new_tokens=8, json_schema='{"type": "nonsense"}'))
+
+
+@pytest.mark.parametrize("max_tokens", [64, 96, 768])
+def test_with_the_data_dictionary_step_2_names_only_series_that_exist(generator: Generator, max_tokens: int) -> None:
+    """Step 2's schema with the database's ids: even a random model names existing series, and closes its JSON
+    within the step's token budget."""
+    import jsonschema
+
+    from deepmoney.analysis.structured import read_method, step_schema
+    from deepmoney.marketdata.source import MarketData
+
+    with MarketData.open(None) as market:
+        ids = [info.id for info in market.catalogue()]
+    schema = step_schema("method", max_tokens, series_ids=ids)
+    settings = GenerationSettings(max_new_tokens=max_tokens, temperature=0.9, seed=3, json_schema=schema)
+    replies = generator.generate(_conversations(4), settings)
+    for reply in replies:
+        document = json.loads(reply.text)
+        jsonschema.validate(document, json.loads(schema))
+        _, data = read_method(reply.text)
+        assert data and set(data) <= set(ids), data
+        assert reply.completion_tokens < max_tokens

@@ -22,6 +22,7 @@ from deepmoney.analysis.prompts import format_value
 from deepmoney.analysis.structured import step_schema
 from deepmoney.config import load_config
 from deepmoney.llm.scripted_server import Faults, ScriptedOpenAIServer
+from deepmoney.marketdata.source import MarketData
 from deepmoney.serving.server import BackgroundServer, ServeOptions
 from tests.conftest import SHARED_DATA, refused_url
 
@@ -157,8 +158,25 @@ def test_each_llm_step_asks_by_its_json_schema(service: str, llm: ScriptedOpenAI
     for step, body in asked.items():
         schema = body["response_format"]["json_schema"]["schema"]
         assert body["response_format"]["type"] == "json_schema"
-        assert schema == json.loads(step_schema(step, serving.max_tokens(step)))
+        assert schema == _schema(step)
         assert body["max_tokens"] == serving.max_tokens(step) and body["temperature"] == 0
+    # Step 2 is shown the data dictionary, and may name only the series in it (by id).
+    with MarketData.open(None) as market:
+        catalogue = market.catalogue()
+    prompt = asked["method"]["messages"][-1]["content"]
+    assert all(f"- {info.id}: {info.name_en} ({info.unit})" in prompt for info in catalogue)
+    assert asked["method"]["response_format"]["json_schema"]["schema"]["properties"]["data"]["items"] == {
+        "enum": [info.id for info in catalogue]
+    }
+
+
+def _schema(step: str) -> dict:
+    """The schema the server asks `step` by: step 2's data are the embedded database's series ids."""
+    ids: list[str] = []
+    if step == "method":
+        with MarketData.open(None) as market:
+            ids = [info.id for info in market.catalogue()]
+    return json.loads(step_schema(step, load_config().serving.max_tokens(step), series_ids=ids))
 
 
 def _wikinews(count: int) -> list[dict]:
@@ -289,8 +307,7 @@ def test_injected_instructions_stay_data(service: str, llm: ScriptedOpenAIServer
         user = body["messages"][-1]["content"]
         step = _step_of(user)
         assert user.count('"""') == 2  # the template's own delimiters only: the news cannot close them
-        schema = json.loads(step_schema(step, load_config().serving.max_tokens(step)))
-        assert body["response_format"]["json_schema"]["schema"] == schema  # the server's, whatever the news says
+        assert body["response_format"]["json_schema"]["schema"] == _schema(step)  # the server's, whatever the news says
         assert body["messages"][0]["role"] == "system" and "financial analyst" in body["messages"][0]["content"]
     assert response.json()["sectors"][0]["name"] == "Energy"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deepmoney.llm.prompts import TemplateSet, fill
 
-PROMPT_VERSION = "2026-12-2"
+PROMPT_VERSION = "2026-12-3"
 STEPS = ("sectors", "method", "analysis")
 MAX_SECTORS = 5
 TEMPLATES = TemplateSet(Path(__file__).with_name("prompts"))
@@ -54,7 +54,7 @@ def _messages(step: str, language: str | None, **fields: object) -> Messages:
     values = {k: (v if str(v).strip() else _PLACEHOLDERS[lang].get(k, v)) for k, v in fields.items()}
     return [
         {"role": "system", "content": template("system", lang)},
-        {"role": "user", "content": fill(template(step, lang), **values)},
+        {"role": "user", "content": fill(template(step, lang), optional=("dictionary",), **values)},
     ]
 
 
@@ -85,9 +85,24 @@ def sectors_messages(news: str, language: str) -> Messages:
     return _messages("sectors", language, news=quoted(news), max_sectors=MAX_SECTORS)
 
 
-def method_messages(news: str, sector: str, language: str) -> Messages:
-    """Step 2: a quantitative method for `sector`, as `{"method": "...", "data": ["series name", ...]}`."""
-    return _messages("method", language, news=quoted(news), sector=sector.strip())
+_DICTIONARY = {
+    "en": "\n\nThe market database holds these series; name the ones the method needs by their id:\n",
+    "zh": "\n\n市场数据库中有以下数据序列，请用编号列出方法需要的序列：\n",
+}
+
+
+def method_messages(news: str, sector: str, language: str, dictionary: Sequence[tuple[str, str]] = ()) -> Messages:
+    """Step 2: a quantitative method for `sector`, as `{"method": "...", "data": ["series name", ...]}`.
+
+    `dictionary` — (id, name with unit) of every series in the database, when it is small enough to list — is
+    shown to the model, which then names the series by id; without it the prompt is as it always was.
+    """
+    listed = ""
+    if dictionary:
+        lang = _lang(language)
+        separator = "：" if lang == "zh" else ": "
+        listed = _DICTIONARY[lang] + "\n".join(f"- {sid}{separator}{label}" for sid, label in dictionary)
+    return _messages("method", language, news=quoted(news), sector=sector.strip(), dictionary=listed)
 
 
 def analysis_messages(news: str, sector: str, method: str, data: SeriesData, language: str,

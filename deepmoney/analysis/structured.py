@@ -13,6 +13,7 @@ always closes its JSON before `max_tokens` runs out (a token is at least one cha
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from deepmoney.analysis.parse import MAX_SECTOR_CHARS, dedupe_names, find_object, parse_method, parse_sectors
@@ -23,6 +24,8 @@ DIRECTIONS = ("positive", "negative", "mixed", "unclear")
 MAX_DATA_SERIES = 6
 SAFETY = 0.9  # of the token budget a constrained answer may fill: margin for characters that take two tokens
 MIN_ANALYSIS_ROOM = 200  # characters of analysis text a budget must leave before a specification is asked for too
+_NAME_START = "[A-Za-z\u00c0-\u024f\u4e00-\u9fff]"  # Latin or CJK letters
+_NAME_REST = '[^"\\\\{}\\[\\]<>=:\uff1a\\n]'  # no quote, backslash, brackets, '=', colon or newline
 PROGRAM_SHARE = 0.4  # of step 3's room, what a sandboxed program may take (quant.sandbox on)
 
 
@@ -39,18 +42,28 @@ def _list(item: int, most: int) -> dict[str, Any]:
     return {"type": "array", "items": _string(item), "minItems": 1, "maxItems": most}
 
 
-def step_schema(step: str, max_tokens: int, program: bool = False) -> str:
+def step_schema(step: str, max_tokens: int, program: bool = False, series_ids: Sequence[str] = ()) -> str:
     """The JSON schema (compact text) of `step`'s answer, its strings sized to fit in `max_tokens`.
 
     The compact object's fixed characters (keys, quotes, brackets, commas; 3 per list item) are counted
     exactly, so a constrained answer at its longest still closes within the budget. Step 3 also asks
     for an analysis specification (`quant.spec`) when the budget leaves room for it, and with `program`
-    for a short program for the sandbox.
+    for a short program for the sandbox. With `series_ids` (the database's data dictionary, listed in the
+    prompt), step 2's data are those ids only: the series it names are series that exist.
     """
     properties: dict[str, Any]
     if step == "sectors":  # {"sectors":["…","…"]}
         item = min(60, _room(max_tokens, 14) // MAX_SECTORS - 3)
-        properties = {"sectors": _list(item, MAX_SECTORS)}
+        # A name: it starts with a letter and holds no markup or explanation (what `parse_sectors` would cut or
+        # drop), so that even a weak model's constrained answer names something.
+        name = {"type": "string", "pattern": f"^{_NAME_START}{_NAME_REST}{{0,{max(0, item - 1)}}}$"}
+        properties = {"sectors": {"type": "array", "items": name, "minItems": 1, "maxItems": MAX_SECTORS}}
+    elif step == "method" and series_ids:  # {"method":"…","data":["us.cpi",…]}
+        room = _room(max_tokens, 22 + 3 * MAX_DATA_SERIES)
+        longest = max(len(json.dumps(i, ensure_ascii=False)) - 2 for i in series_ids)
+        most = max(1, min(MAX_DATA_SERIES, room * 2 // 5 // longest))
+        ids = {"type": "array", "items": {"enum": list(series_ids)}, "minItems": 1, "maxItems": most}
+        properties = {"method": _string(room - most * longest), "data": ids}
     elif step == "method":  # {"method":"…","data":["…"]}
         room = _room(max_tokens, 22 + 3 * MAX_DATA_SERIES)
         properties = {"method": _string(room * 3 // 5), "data": _list(min(60, room * 2 // 5 // MAX_DATA_SERIES),

@@ -8,6 +8,7 @@ exact templates that produced it.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 
@@ -17,9 +18,10 @@ def language_code(language: str | None) -> str:
     return "zh" if language == "zh" else "en"
 
 
-def fill(template: str, **fields: object) -> str:
-    """Fill `template`'s `{placeholders}`; metadata that is missing shows as "unknown"."""
-    values = {k: ("unknown" if v in (None, "") else v) for k, v in fields.items()}
+def fill(template: str, optional: Collection[str] = (), **fields: object) -> str:
+    """Fill `template`'s `{placeholders}`; metadata that is missing shows as "unknown", an empty `optional`
+    field as nothing (a section of the prompt that is left out)."""
+    values = {k: ("unknown" if v in (None, "") and k not in optional else v or "") for k, v in fields.items()}
     return template.format(**values)
 
 

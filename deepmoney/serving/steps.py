@@ -69,6 +69,7 @@ class StepContext:
         self._client: OpenAIChatClient | None = None
         self._market: MarketSeries | None = None
         self._classifier: Classifier | None = None
+        self._dictionary: dict[str, list[tuple[str, str]]] = {}
         self.dedup = WindowDeduplicator(self.intake.dedup, self.intake.window)
 
     def classifier(self) -> Classifier:
@@ -95,13 +96,31 @@ class StepContext:
             self._market = MarketSeries(MarketData.open(self.market_url), self.window)
         return self._market
 
-    async def ask(self, step: str, messages: list[dict[str, str]], payload: ChainPayload) -> str:
-        """The LLM's answer to one step's messages (by the step's JSON schema unless `structured` is off)."""
+    def dictionary(self, language: str) -> list[tuple[str, str]]:
+        """(id, name with unit) of every series, for step 2's prompt — when there are at most
+        `dictionary_in_prompt` of them and the database answers; else [] (step 2 names series freely)."""
+        limit = self.config.dictionary_in_prompt
+        if not limit:
+            return []
+        try:
+            catalogue = self.market().market.catalogue()
+        except UserError:  # down: the data step reports it
+            return []
+        if len(catalogue) > limit:
+            return []
+        if language not in self._dictionary:  # the catalogue is read once per server, as the name index is
+            self._dictionary[language] = [(i.id, label_of(name(i, language), i.unit, language)) for i in catalogue]
+        return self._dictionary[language]
+
+    async def ask(self, step: str, messages: list[dict[str, str]], payload: ChainPayload,
+                  series_ids: list[str] | None = None) -> str:  # fmt: skip
+        """The LLM's answer to one step's messages (by the step's JSON schema unless `structured` is off;
+        `series_ids`: the ids step 2 may name)."""
         if self.llm is None:
             raise Unavailable(f"step {step}: this server has no LLM (pass --model or --llm)", step)
         max_tokens = self.config.max_tokens(step)
         program = step == "analysis" and self.config.quant.sandbox
-        schema = step_schema(step, max_tokens, program) if self.config.structured else None
+        schema = step_schema(step, max_tokens, program, series_ids or ()) if self.config.structured else None
         sampling = Sampling(
             temperature=self.config.temperature, top_p=1.0, max_tokens=max_tokens, seed=0, json_schema=schema
         )
@@ -195,7 +214,9 @@ async def sectors_step(payload: ChainPayload, ctx: StepContext) -> None:
 async def method_step(payload: ChainPayload, ctx: StepContext) -> None:
     """Step 2: a quantitative method for the top sector, and the data series it needs."""
     top = _top(payload, "method")
-    text = await ctx.ask("method", method_messages(payload.news, top.name, payload.lang), payload)
+    dictionary = await asyncio.to_thread(ctx.dictionary, payload.lang)
+    messages = method_messages(payload.news, top.name, payload.lang, dictionary)
+    text = await ctx.ask("method", messages, payload, series_ids=[series_id for series_id, _ in dictionary])
     payload.method, payload.data_requested = read_method(text)
 
 
