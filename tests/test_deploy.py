@@ -105,3 +105,58 @@ def test_the_smoke_request_needs_all_three_steps_answered() -> None:
             assert answered["status"] == 200 and answered["sectors"]
             with pytest.raises(DeployFailed, match=r"did not answer the smoke request \(404"):
                 smoke(server.url + "/v1/models/nothing:predict", timeout=60)
+
+
+@pytest.mark.integration
+def test_the_deploy_stage_serves_the_registered_champion(kube: KubeEmulator, mlflow_server: str, tmp_path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """stages.deploy end to end: the champion's storage URI from a real MLflow registry, `serve render`'s objects
+    applied through a kubeconfig to the emulator, Ready from the fake controller, the smoke request to a real chain
+    (the graph's status.url)."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from deepmoney.pipeline import stages
+    from deepmoney.serving.render import render_objects
+    from deepmoney.serving.server import BackgroundServer, ServeOptions
+    from tests.test_serving import analyst
+
+    _serve_kserve(kube)
+    name = "deepmoney-deployed"
+    client = MlflowClient(mlflow_server)
+    client.create_registered_model(name)
+    for version in (1, 2):
+        client.create_model_version(name, source=f"s3://models/deepmoney/{version}")
+    client.set_registered_model_alias(name, "champion", "2")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": kube.url}}],
+        "users": [{"name": "tester", "user": {}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": NS}}],
+    }))  # fmt: skip
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    overrides = {"launch": {"kubeconfig": str(kubeconfig), "poll_seconds": 0.05}}
+    with ScriptedOpenAIServer(responder=analyst, models=("analyst",)) as llm:
+        options = ServeOptions(config=load_config(), llm=f"{llm.base_url}#analyst", port=0)
+        with BackgroundServer(options) as chain:
+            expected = render_objects(model_uri="s3://models/deepmoney/2", gpus=1, nodes=None, image=None,
+                                      namespace=NS, model_config=None, kind="inferenceservice",
+                                      market_data_secret=None, served_model_name="deepmoney")  # fmt: skip
+            controllers = []
+            for obj in expected:
+                ready = {"conditions": [condition("Ready")]}
+                if obj["kind"] == "InferenceGraph":
+                    ready["url"] = chain_url(chain.url)
+                controllers.append(FakeController(kube, plural_of(obj), NS, obj["metadata"]["name"],
+                                                  [(0.05, lambda k, o=obj, r=ready: k.set_status(
+                                                      plural_of(o), NS, o["metadata"]["name"], r))],
+                                                  appear_timeout=120).start())  # fmt: skip
+            result = stages.deploy(name, NS, gpus=1, timeout=120, overrides=overrides)
+            for controller in controllers:
+                controller.join()
+    assert result["model_uri"] == "s3://models/deepmoney/2"  # the champion's weights, not version 1's
+    assert result["graph_url"] == chain_url(chain.url) and result["smoke"]["status"] == 200
+    assert [a["name"] for a in result["applied"]] == [o["metadata"]["name"] for o in expected]
+    for obj in expected:
+        assert kube.get(plural_of(obj), NS, obj["metadata"]["name"])["spec"] == obj["spec"]

@@ -6,6 +6,7 @@ stage functions' plain refusals (they run in the components, and in tests withou
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from deepmoney.kube import default_image
 from deepmoney.launch.cluster import MLFLOW_KEYS, S3_KEYS
 from deepmoney.pipeline import stages
 from deepmoney.pipeline.compile import COMMITTED
-from tests.conftest import ROOT, assert_clean_error, run_cli
+from tests.conftest import ROOT, assert_clean_error, refused_url, run_cli
 
 kfp = pytest.importorskip("kfp")
 
@@ -154,14 +155,18 @@ def test_the_corpus_components_fan_out_and_merge_under_kfp_local(tmp_path: Path,
     assert all(got[name] == expected[name] for name in expected if name.name != "manifest.json")
 
 
+CLOSED = refused_url() + "/v1"  # an endpoint nothing answers at
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("param", "stages_needing_it", "message"),
     [
         ("corpus=[/no/such/reports]", ("build-pt-shard", "synthesize-sft-shard"), "/no/such/reports"),
         ("base_model=/no/such/model", ("build-pt-shard",), "/no/such/model"),
+        (f"questioner={CLOSED}#questioner", ("synthesize-sft-shard",), f"questioner endpoint {CLOSED}#questioner"),
     ],
-    ids=["missing-corpus", "bad-model-uri"],
+    ids=["missing-corpus", "bad-model-uri", "unreachable-endpoint"],
 )
 def test_a_bad_parameter_fails_the_local_run_at_the_first_stage_with_its_message(
     tmp_path: Path, tiny_model: Path, param: str, stages_needing_it: tuple[str, ...], message: str
@@ -175,9 +180,13 @@ def test_a_bad_parameter_fails_the_local_run_at_the_first_stage_with_its_message
     with ScriptedOpenAIServer(responder=scripted_analyst, models=MODELS) as server:
         roles = [f"{role}={server.base_url}#{model}" for role, model in zip(("questioner", "answerer", "extractor"),
                                                                           MODELS, strict=True)]  # fmt: skip
+        # Small sizes: the stages that do not need the parameter run on (kfp.local, as KFP, runs every branch
+        # whose inputs are there) and are not what is tested.
+        small = {"data": {"heldout_fraction": 0.3, "block_size": 128}, "synth": {"questioner": {"attempts": 1}},
+                 "intake": {"classifier": {"epochs": 1, "hidden_size": 32, "layers": 1, "heads": 2}}}  # fmt: skip
         args = ["pipeline", "run", "--local", "-p", f"corpus=[{SAMPLE_CORPUS}]", "-p", f"base_model={tiny_model}",
-                "-p", f"workdir={tmp_path / 'work'}", "-p", 'config={"data": {"heldout_fraction": 0.3}}',
-                *[a for role in roles for a in ("-p", role)], "-p", param]  # fmt: skip
+                "-p", f"workdir={tmp_path / 'work'}", "-p", f"config={json.dumps(small)}", "-p", "pt_max_steps=1",
+                "-p", "gpus_per_node=1", *[a for role in roles for a in ("-p", role)], "-p", param]  # fmt: skip
         result = run_cli(*args, timeout=900)
     assert result.returncode == 2 and result.stdout == "", result.stdout[-2000:]
     last = result.stderr.strip().splitlines()[-1]

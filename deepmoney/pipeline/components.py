@@ -73,7 +73,8 @@ def train_pt(base_model: str, corpus: Input[Dataset], workdir: str, train_dir: s
 
     pods = {"volume_claim": volume_claim, "s3_secret": s3_secret, "mlflow_secret": mlflow_secret}
     report(model, run_stage(train, "pt", base_model, uri_of(corpus.metadata, "pt corpus"), train_dir or workdir,
-                            backend, nodes, gpus_per_node, max_steps, lora, config, pods))  # fmt: skip
+                            backend, nodes, gpus_per_node, max_steps, lora, config, pods,
+                            label="train-pt"))  # fmt: skip
 
 
 @dsl.component(**COMPONENT)
@@ -86,7 +87,7 @@ def train_sft(base: Input[Model], dataset: Input[Dataset], workdir: str, train_d
     pods = {"volume_claim": volume_claim, "s3_secret": s3_secret, "mlflow_secret": mlflow_secret}
     report(model, run_stage(train, "sft", uri_of(base.metadata, "pt model"), uri_of(dataset.metadata, "sft dataset"),
                             train_dir or workdir, backend, nodes, gpus_per_node, max_steps, lora, config,
-                            pods))  # fmt: skip
+                            pods, label="train-sft"))  # fmt: skip
 
 
 @dsl.component(**COMPONENT)

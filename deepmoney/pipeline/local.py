@@ -11,6 +11,7 @@ unreachable endpoint, a bad model URI), the run ends with that task's own one-li
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import re
@@ -31,6 +32,47 @@ log = logging.getLogger(__name__)
 LOCAL_DEFAULTS: dict[str, Any] = {"backend": "local", "nodes": 1, "gpus_per_node": 2}
 REQUIRED = ("corpus", "base_model", "workdir")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# kfp.local's own lines that say nothing a user reads: each task's executor input (a JSON dump of the parameters
+# the run's result already lists), the executor's module loading, separators and blank lines.
+_NOISE = re.compile(
+    r"^(\[KFP Executor .*\]: (Looking for|Loading KFP) component|.*INFO root: Wrote executor output|"
+    r".*Streamed logs:|-{20,})|^$"
+)
+
+
+class KfpLogFilter(io.TextIOBase):
+    """A text stream that passes kfp.local's log on to `target` without its noise (`_NOISE`, executor inputs)."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self._pending = ""
+        self._skip_until: str | None = None  # the closing line of an executor-input dump being skipped
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        bare = _ANSI.sub("", line).strip()
+        if self._skip_until == "{":  # the line after "Got executor_input:" opens the dump
+            self._skip_until = None
+            if bare == "{":
+                self._skip_until = line.rstrip().replace("{", "}")  # closed by "}" at the same indentation
+                return
+        elif self._skip_until is not None:
+            if line.rstrip() == self._skip_until:
+                self._skip_until = None
+            return
+        if bare.endswith("Got executor_input:"):
+            self._skip_until = "{"
+        elif not _NOISE.match(bare):
+            self.target.write(line + "\n")
+
+    def flush(self) -> None:
+        self.target.flush()
 
 
 def pipeline_parameters() -> dict[str, Any]:
@@ -97,7 +139,7 @@ def run_local(params: dict[str, Any], config_file: str | None = None) -> dict[st
     if config_file:
         os.environ[env.CONFIG] = str(Path(config_file).resolve())  # the tasks read the same deepmoney config
     try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        with contextlib.redirect_stdout(KfpLogFilter(sys.stderr)), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
             deepmoney_pipeline(**arguments)
@@ -118,4 +160,4 @@ def run_local(params: dict[str, Any], config_file: str | None = None) -> dict[st
                "sft_model": stages.output_uri(train_dir, stages.TRAIN_OUTPUT.format(stage="sft")),
                "evaluation": stages.output_uri(workdir, stages.EVALUATION),
                "intake_classifier": stages.output_uri(workdir, stages.INTAKE)}  # fmt: skip
-    return {"workdir": workdir, "pipeline_root": str(root), "outputs": outputs}
+    return {"workdir": workdir, "pipeline_root": str(root), "parameters": arguments, "outputs": outputs}

@@ -38,11 +38,12 @@ class ArtifactLike(Protocol):
     metadata: dict[str, Any]
 
 
-def run_stage(stage: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+def run_stage(stage: Callable[..., dict[str, Any]], *args: Any, label: str | None = None, **kwargs: Any
+              ) -> dict[str, Any]:  # fmt: skip
     """Run one stage as a component's body: logs to stderr, and a user mistake as one `error:` line and exit 2.
 
     The line is what the run's log shows for the failed step (no traceback for a bad corpus URI or an
-    unreachable endpoint); other errors keep their traceback.
+    unreachable endpoint), named `label` (default: the stage's name); other errors keep their traceback.
     """
     from deepmoney.logs import setup_logging
 
@@ -50,7 +51,7 @@ def run_stage(stage: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -
     try:
         return stage(*args, **kwargs)
     except UserError as exc:
-        line = f"{stage.__name__.replace('_', '-')}: {exc}"
+        line = f"{label or stage.__name__.replace('_', '-')}: {exc}"
         print(f"error: {line}", file=sys.stderr, flush=True)
         errors = env.get(env.PIPELINE_ERRORS)
         if errors:  # `pipeline run --local` reports the first one as the run's own error
