@@ -718,15 +718,28 @@ def quickstart(
     corpus: Annotated[
         Path | None, typer.Option("--corpus", help="Corpus directory; default: the bundled sample.")
     ] = None,
-    block_size: Annotated[
-        int | None, typer.Option("--block-size", help="Tokens per packed block (the recipe's: 256).")
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="A pipeline parameter NAME=VALUE over the quickstart's (repeatable)."),
     ] = None,
+    news: Annotated[
+        str | None, typer.Option("--news", help="Id of the bundled news item to analyse (default: the first).")
+    ] = None,
+    stop: Annotated[
+        bool, typer.Option("--stop", help="Stop the MLflow server an earlier quickstart in --workdir left running.")
+    ] = False,
 ) -> None:
-    """Run the main job on the embedded default (recipes/quickstart.yaml): tiny model, sample corpus, end to end."""
-    from deepmoney.quickstart import run_quickstart
+    """Run the main job on the embedded default: the whole pipeline here (kfp.local) on the sample corpus, the
+    champion served, one dated news item analysed (recipes/quickstart.yaml)."""
+    from deepmoney.pipeline.local import read_parameters
+    from deepmoney.quickstart import run_quickstart, stop_quickstart_server
 
+    if stop:
+        typer.echo(stop_quickstart_server(workdir))
+        return
     options = global_options(ctx)
-    typer.echo(run_quickstart(workdir, corpus, block_size, options.config, options.quiet))
+    params = read_parameters(None, param or [])
+    typer.echo(run_quickstart(workdir, corpus, options.config, params, news, options.quiet))
 
 
 COMMANDS: dict[str, Callable[..., None]] = {

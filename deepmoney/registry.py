@@ -376,6 +376,18 @@ def _apply(client: Any, name: str, version: int, decision: str) -> None:
 # --- serving URI ------------------------------------------------------------------------------------
 
 
+def alias_version(name: str, alias: str, config: DeepmoneyConfig) -> dict[str, Any] | None:
+    """The version of `name` behind `alias` (version, run id, the promotion's decision and reasons), or None."""
+    client = connect(config.train.mlflow, "look up the registry")
+    version = _alias(client, name, alias)
+    if version is None:
+        return None
+    mv = _mlflow_call(f"{name} version {version}", lambda: client.get_model_version(name, str(version)))
+    tags = mv.tags or {}
+    return {"name": name, "alias": alias, "version": version, "run_id": mv.run_id,
+            "decision": tags.get(T.DECISION), "reasons": tags.get(T.DECISION_REASONS, "")}  # fmt: skip
+
+
 def serving_uri(name: str, config: DeepmoneyConfig, alias: str | None = None, version: int | None = None) -> str:
     """The storage URI (s3://…) of the Hugging Face folder behind a registered version."""
     if (alias is None) == (version is None):

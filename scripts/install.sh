@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install deepmoney into a virtual environment (.venv, or $DEEPMONEY_VENV).
 #   scripts/install.sh         the package and its core dependencies (data, synthesis, evaluation, registry)
-#   scripts/install.sh train   ... plus training (DeepSpeed, peft): what `deepmoney quickstart` needs
+#   scripts/install.sh train   ... plus training (DeepSpeed, peft)
+#   scripts/install.sh quickstart   ... training, serving and the KFP SDK: what `deepmoney quickstart` needs
 #   scripts/install.sh dev     ... plus training and the test tools (pytest, moto, ruff, import-linter)
 #   scripts/install.sh train,serve   several extras at once
 # On a machine without an NVIDIA GPU it installs the CPU build of torch first, so that pip does not
