@@ -203,6 +203,10 @@ def test_local_run_parameters_are_checked_before_anything_runs(tmp_path: Path) -
         (["pipeline", "run", "--local", "--params", str(tmp_path / "none.yaml")], "no such file"),
         (["pipeline", "run", "--local", "-p", "colour=red"], "unknown pipeline parameter 'colour'"),
         (["pipeline", "run", "--local", "-p", "novalue"], "expected NAME=VALUE"),
+        (
+            ["pipeline", "run", "--local", "--config", str(tmp_path / "none.yaml"), "--params", str(params)],
+            "config file not found",
+        ),
     ]
     for args, message in cases:
         result = run_cli(*args)

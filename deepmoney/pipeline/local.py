@@ -128,6 +128,10 @@ def run_local(params: dict[str, Any], config_file: str | None = None) -> dict[st
     from deepmoney.pipeline import stages
     from deepmoney.pipeline.definition import deepmoney_pipeline
 
+    if config_file:
+        from deepmoney.config import load_config
+
+        load_config(Path(config_file))  # a missing or invalid file fails here, once, rather than in every task
     arguments = check_parameters(params)
     workdir = str(arguments["workdir"])
     root = Path(tempfile.mkdtemp(prefix="deepmoney-kfp-")) if is_s3(workdir) else Path(workdir) / ".kfp"
