@@ -48,10 +48,11 @@ PARAMETERS: dict[str, Any] = {
     "backend": "local",  # torchrun in the task's own process tree
     "nodes": 1,
     "gpus_per_node": 2,  # two CPU ranks, as a GPU node would run
-    "pt_max_steps": 80,
-    # The role models are random, so the sft dataset is noise: a few steps show the stage; more would unlearn what
-    # pt taught, and the evaluation would rightly refuse the model promotion.
+    "pt_max_steps": 80,  # at the recipe's learning rate (2e-3: a random-init model learns fast)
+    # The role models are random, so the sft dataset is noise: a few steps at a fine-tuning rate show the stage;
+    # at pt's rate they would unlearn what pt taught, and the evaluation would rightly refuse the model promotion.
     "sft_max_steps": 5,
+    "sft_learning_rate": 2e-5,
     "registered_model": REGISTERED_NAME,
 }
 

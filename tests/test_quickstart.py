@@ -25,7 +25,7 @@ SMALLER = {
     "data": {"block_size": 128},
     "evaluate": {"max_qa": 4, "max_new_tokens": 8},
 }
-STEPS = ["-p", "pt_max_steps=60", "-p", "sft_max_steps=3"]
+STEPS = ["-p", "pt_max_steps=40", "-p", "sft_max_steps=2"]
 
 
 def _ui_address(stdout: str) -> str:
@@ -57,7 +57,10 @@ def test_the_quickstart_runs_the_whole_pipeline_and_answers_a_news_item(tmp_path
         assert manifests["pt"]["documents"] > 0 and manifests["sft"]["records"] > 0
         questioner, answerer = manifests["sft"]["roles"]["questioner"], manifests["sft"]["roles"]["answerer"]
         assert questioner != answerer and questioner.startswith("local:") and answerer.startswith("local:")
-        assert manifests["train-pt"]["steps"] == 60 and manifests["train-sft"]["steps"] == 3
+        assert manifests["train-pt"]["steps"] == 40 and manifests["train-sft"]["steps"] == 2
+        # sft at a fine-tuning rate, pt at the recipe's (a random-init model learns fast)
+        assert manifests["train-sft"]["settings"]["train.learning_rate"] == 2e-5
+        assert manifests["train-pt"]["settings"]["train.learning_rate"] == recipe["train"]["learning_rate"]
         assert manifests["train-pt"]["world_size"] == 2 == manifests["train-sft"]["world_size"]
         assert manifests["train-sft"]["base_model"].startswith(str(workdir / "train-pt"))
         assert f"{manifests['pt']['tokens']} tokens in {manifests['pt']['blocks']} blocks" in out

@@ -66,28 +66,28 @@ def merge_sft(shards: Input[List[Dataset]], workdir: str, config: dict, dataset:
 
 @dsl.component(**COMPONENT)
 def train_pt(base_model: str, corpus: Input[Dataset], workdir: str, train_dir: str, backend: str, nodes: int,
-             gpus_per_node: int, max_steps: int, lora: bool, config: dict, volume_claim: str, s3_secret: str,
-             mlflow_secret: str, model: Output[Model]) -> None:  # fmt: skip
+             gpus_per_node: int, max_steps: int, learning_rate: float, lora: bool, config: dict, volume_claim: str,
+             s3_secret: str, mlflow_secret: str, model: Output[Model]) -> None:  # fmt: skip
     """Continued pre-training on the pt corpus, as a PyTorchJob, a TrainJob or torchrun here; waits for it."""
     from deepmoney.pipeline.stages import report, run_stage, train, uri_of
 
     pods = {"volume_claim": volume_claim, "s3_secret": s3_secret, "mlflow_secret": mlflow_secret}
     report(model, run_stage(train, "pt", base_model, uri_of(corpus.metadata, "pt corpus"), train_dir or workdir,
                             backend, nodes, gpus_per_node, max_steps, lora, config, pods,
-                            label="train-pt"))  # fmt: skip
+                            learning_rate=learning_rate, label="train-pt"))  # fmt: skip
 
 
 @dsl.component(**COMPONENT)
 def train_sft(base: Input[Model], dataset: Input[Dataset], workdir: str, train_dir: str, backend: str, nodes: int,
-              gpus_per_node: int, max_steps: int, lora: bool, config: dict, volume_claim: str, s3_secret: str,
-              mlflow_secret: str, model: Output[Model]) -> None:  # fmt: skip
+              gpus_per_node: int, max_steps: int, learning_rate: float, lora: bool, config: dict, volume_claim: str,
+              s3_secret: str, mlflow_secret: str, model: Output[Model]) -> None:  # fmt: skip
     """Supervised fine-tuning of the pt model on the synthesized dataset, through the same launcher; waits."""
     from deepmoney.pipeline.stages import report, run_stage, train, uri_of
 
     pods = {"volume_claim": volume_claim, "s3_secret": s3_secret, "mlflow_secret": mlflow_secret}
     report(model, run_stage(train, "sft", uri_of(base.metadata, "pt model"), uri_of(dataset.metadata, "sft dataset"),
                             train_dir or workdir, backend, nodes, gpus_per_node, max_steps, lora, config,
-                            pods, label="train-sft"))  # fmt: skip
+                            pods, learning_rate=learning_rate, label="train-sft"))  # fmt: skip
 
 
 @dsl.component(**COMPONENT)

@@ -52,6 +52,8 @@ def deepmoney_pipeline(
     gpus_per_node: int = 8,
     pt_max_steps: int = 0,
     sft_max_steps: int = 0,
+    pt_learning_rate: float = 0.0,
+    sft_learning_rate: float = 0.0,
     lora: bool = False,
     registered_model: str = "deepmoney",
     deploy: bool = False,
@@ -70,6 +72,7 @@ def deepmoney_pipeline(
     or a path on the claim). workdir: where stage outputs go (s3:// or under /workspace); a second run
     reuses every finished stage. train_dir: training outputs on the claim (default: workdir).
     questioner/answerer/extractor: URL#MODEL or local:DIR (empty: synth.<role>.endpoint of the config).
+    pt_/sft_max_steps, pt_/sft_learning_rate: per stage (0: train.max_steps / train.learning_rate of the config).
     backend: pytorchjob, trainjob or local. deploy: serve the champion on KServe at the end (serving_gpus, or
     serving_gpu + model_config for the planner; serving_namespace default launch.namespace). config: deepmoney
     settings as a nested object ({"data": {"block_size": 4096}, "registry": {"margin": 0.02}}).
@@ -94,13 +97,14 @@ def deepmoney_pipeline(
 
     trained_pt = on_cluster(c.train_pt(base_model=base_model, corpus=pt.outputs["corpus"], workdir=workdir,
                                        train_dir=train_dir, backend=backend, nodes=nodes, gpus_per_node=gpus_per_node,
-                                       max_steps=pt_max_steps, lora=lora, config=config,
-                                       volume_claim=volume_claim, s3_secret=s3_secret,
+                                       max_steps=pt_max_steps, learning_rate=pt_learning_rate, lora=lora,
+                                       config=config, volume_claim=volume_claim, s3_secret=s3_secret,
                                        mlflow_secret=mlflow_secret))  # fmt: skip
     trained_sft = on_cluster(c.train_sft(base=trained_pt.outputs["model"], dataset=sft.outputs["dataset"],
                                          workdir=workdir, train_dir=train_dir, backend=backend, nodes=nodes,
-                                         gpus_per_node=gpus_per_node, max_steps=sft_max_steps, lora=lora,
-                                         config=config, volume_claim=volume_claim, s3_secret=s3_secret,
+                                         gpus_per_node=gpus_per_node, max_steps=sft_max_steps,
+                                         learning_rate=sft_learning_rate, lora=lora, config=config,
+                                         volume_claim=volume_claim, s3_secret=s3_secret,
                                          mlflow_secret=mlflow_secret))  # fmt: skip
     evaluation = on_cluster(c.evaluate(model=trained_sft.outputs["model"], corpus=pt.outputs["corpus"],
                                        dataset=sft.outputs["dataset"], workdir=workdir, config=config))  # fmt: skip

@@ -158,17 +158,18 @@ def merge_sft(shards: list[str], workdir: str, overrides: dict[str, Any] | None 
 
 def train_config(stage: str, model: str, data: str, train_dir: str, backend: str, gpus_per_node: int,
                  max_steps: int = 0, lora: bool = False, overrides: dict[str, Any] | None = None,
-                 cluster: dict[str, str] | None = None) -> DeepmoneyConfig:  # fmt: skip
+                 cluster: dict[str, str] | None = None, learning_rate: float = 0.0) -> DeepmoneyConfig:  # fmt: skip
     """The training run's configuration: the run's settings, this stage's paths and sizes, and for a cluster
     backend the pods' claim and Secrets (`cluster`: volume_claim, s3_secret, mlflow_secret) — the ones the
-    pipeline's own tasks get, so that they are named once."""
+    pipeline's own tasks get, so that they are named once. `max_steps` and `learning_rate` 0: the config's."""
     from deepmoney.config import deep_merge, overrides_from_flags
 
     if stage not in ("pt", "sft"):
         raise UserError(f"stage {stage!r}: pt or sft")
     output = output_uri(train_dir, TRAIN_OUTPUT.format(stage=stage))
     flags = {"train.stage": stage, "train.model": model, "train.data": data, "train.output": output,
-             "train.max_steps": max_steps or None, "train.lora.enabled": lora,
+             "train.max_steps": max_steps or None, "train.learning_rate": learning_rate or None,
+             "train.lora.enabled": lora,
              "train.nproc": gpus_per_node if backend == "local" else None}  # fmt: skip
     merged = deep_merge(overrides or {}, overrides_from_flags(**flags))
     if backend != "local" and cluster:
@@ -178,12 +179,13 @@ def train_config(stage: str, model: str, data: str, train_dir: str, backend: str
 
 def train(stage: str, model: str, data: str, train_dir: str, backend: str, nodes: int, gpus_per_node: int,
           max_steps: int = 0, lora: bool = False, overrides: dict[str, Any] | None = None,
-          cluster: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+          cluster: dict[str, str] | None = None, learning_rate: float = 0.0) -> dict[str, Any]:  # fmt: skip
     """Train `stage` (pt or sft) through the launcher interface — a PyTorchJob, a TrainJob or torchrun here —
     and wait for it; the job's status goes to this process's log. The output is TRAIN_DIR/train-<stage>."""
     from deepmoney.launch.launcher import launcher_for
 
-    config = train_config(stage, model, data, train_dir, backend, gpus_per_node, max_steps, lora, overrides, cluster)
+    config = train_config(stage, model, data, train_dir, backend, gpus_per_node, max_steps, lora, overrides, cluster,
+                          learning_rate)  # fmt: skip
     output = str(config.train.output)
     launcher = launcher_for(config, backend, nodes=nodes, gpus_per_node=gpus_per_node, quiet=True)
     result = launcher.submit(wait=True, timeout=None)
