@@ -26,6 +26,7 @@ from deepmoney.intake.labelled import LABELS, Example
 log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+CONTINUING = "##"  # WordPiece's prefix of a piece that continues a word
 MAX_SENTENCES = 8  # of an article, judged sentence by sentence (the labelled set is sentences)
 MIN_SENTENCE_CHARS = 8  # shorter pieces (a dateline, "Reuters.") say nothing either way
 
@@ -41,21 +42,31 @@ class Verdict:
 def _tokenizer(texts: list[str], config: ClassifierConfig) -> Any:
     """A BERT WordPiece tokenizer fitted to `texts` (lower-cased; CJK characters are tokens of their own).
 
-    The `tokenizers` trainer breaks ties between equally frequent merges in a per-process hash order, so
-    two trainings on the same data can differ slightly (held-out accuracy 0.93-0.98 seen); a vocabulary
-    of whole words by sorted count was reproducible but scored worse on held-out sentences (0.88 against
-    0.93-0.98 on the default split), so the trainer stays.
+    The same texts always give the same vocabulary. The `tokenizers` trainer numbers the word-continuing
+    pieces ("##e") in hash-map order as it meets them and breaks ties between equally frequent merges
+    by those numbers, so left alone two trainings differ (huggingface/tokenizers#1794; held-out
+    accuracy 0.93-0.98 and 54-100% of Wikinews stories objective were seen). Handing it every
+    continuing piece up front, sorted, fixes their numbers; they are then plain vocabulary again.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    continuing = sorted({CONTINUING + char for text in texts
+                         for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+                         for char in word[1:]})  # fmt: skip
     trainer = trainers.WordPieceTrainer(vocab_size=config.vocab_size, min_frequency=1,
-                                        special_tokens=list(SPECIAL_TOKENS))  # fmt: skip
-    tok.train_from_iterator(texts, trainer)
+                                        special_tokens=[*SPECIAL_TOKENS, *continuing],
+                                        continuing_subword_prefix=CONTINUING)  # fmt: skip
+    fitted = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=CONTINUING))
+    fitted.normalizer, fitted.pre_tokenizer = normalizer, pre_tokenizer
+    fitted.train_from_iterator(texts, trainer)
+    # rebuilt from the fitted vocabulary so that only the five real special tokens are special
+    tok = Tokenizer(models.WordPiece(fitted.get_vocab(with_added_tokens=False), unk_token="[UNK]",
+                                     continuing_subword_prefix=CONTINUING))  # fmt: skip
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece(CONTINUING)
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
