@@ -562,6 +562,11 @@ class LaunchConfig(Section):
     runtime: str = Field(
         "torch-distributed", description="TrainJob: the (Cluster)TrainingRuntime it runs on (a torch runtime)."
     )
+    runtime_kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
+        "ClusterTrainingRuntime",
+        description="TrainJob: the runtime's kind: Trainer's cluster-wide torch runtime, or a namespaced one "
+        "(the Helm chart's training.runtime).",
+    )
     kubeconfig: str | None = Field(
         None, description="kubeconfig file of the cluster; unset = $KUBECONFIG, ~/.kube/config, or in-cluster."
     )

@@ -36,8 +36,8 @@ PATCH_MANAGER = "deepmoney.io/launch"
 
 
 def runtime_ref(run: ClusterRun) -> dict[str, Any]:
-    """The ClusterTrainingRuntime the job runs on."""
-    return {"name": run.launch.runtime, "apiGroup": GROUP, "kind": "ClusterTrainingRuntime"}
+    """The (Cluster)TrainingRuntime the job runs on."""
+    return {"name": run.launch.runtime, "apiGroup": GROUP, "kind": run.launch.runtime_kind}
 
 
 def runtime_patch(run: ClusterRun) -> dict[str, Any]:
@@ -49,6 +49,32 @@ def runtime_patch(run: ClusterRun) -> dict[str, Any]:
     pod = {"metadata": pod_metadata(run), "spec": pod_spec}
     job = {"name": NODE, "template": {"spec": {"template": pod}}}
     return {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
+
+
+def training_runtime(name: str, namespace: str | None, image: str, labels: dict[str, str] | None = None,
+                     *, cluster_wide: bool = False) -> dict[str, Any]:  # fmt: skip
+    """A torch (Cluster)TrainingRuntime shaped as `render_trainjob` expects: one replicated job and container `node`.
+
+    For clusters without Trainer's `torch-distributed`, or to pin the image a runtime starts from; the
+    TrainJob sets the image, command, nodes, processes and resources, so the runtime holds only the
+    torch policy and the job's shape. The Helm chart renders the same object (tests/test_chart.py).
+    """
+    metadata: dict[str, Any] = {"name": name}
+    if namespace and not cluster_wide:
+        metadata["namespace"] = namespace
+    metadata["labels"] = dict(labels or {"app.kubernetes.io/name": "deepmoney", "app.kubernetes.io/component": "train"})
+    node = {"name": NODE, "image": image}
+    job = {
+        "name": NODE,
+        "template": {
+            "metadata": {"labels": {f"{GROUP}/trainjob-ancestor-step": "trainer"}},  # the Trainer's step marker
+            "spec": {"template": {"spec": {"containers": [node]}}},
+        },
+    }
+    spec = {"mlPolicy": {"numNodes": 1, "torch": {}},  # the TrainJob sets nodes and processes per node
+            "template": {"spec": {"replicatedJobs": [job]}}}  # fmt: skip
+    kind = "ClusterTrainingRuntime" if cluster_wide else "TrainingRuntime"
+    return {"apiVersion": API_VERSION, "kind": kind, "metadata": metadata, "spec": spec}
 
 
 def render_trainjob(run: ClusterRun) -> dict[str, Any]:

@@ -423,12 +423,13 @@ def llm_inference_service_v1alpha2(spec: LLMSpec) -> dict:
     }
 
 
-def serving_runtime(spec: LLMSpec) -> dict:
-    """A namespaced ServingRuntime equal in effect to upstream's kserve-huggingfaceserver (single node only).
+def serving_runtime(spec: LLMSpec, *, cluster_wide: bool = False) -> dict:
+    """A ServingRuntime equal in effect to upstream's kserve-huggingfaceserver (single node only).
 
     KServe looks a runtime up in the InferenceService's namespace before the cluster-wide ones, so
-    this object, named like the ClusterServingRuntime, serves clusters that lack it. Multi-node
-    serving needs upstream's kserve-huggingfaceserver-multinode (its Ray bootstrap is not copied here).
+    this object, named like the ClusterServingRuntime, serves clusters that lack it; `cluster_wide`
+    makes it that ClusterServingRuntime instead. Multi-node serving needs upstream's
+    kserve-huggingfaceserver-multinode (its Ray bootstrap is not copied here).
     """
     _, pp = _check_llm(spec, multi_node_needs_pvc=True)
     if pp > 1:
@@ -452,10 +453,11 @@ def serving_runtime(spec: LLMSpec) -> dict:
         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "1", "memory": "2Gi"}},
         "volumeMounts": [{"name": "devshm", "mountPath": "/dev/shm"}],
     }
+    namespace = None if cluster_wide else spec.namespace
     return {
         "apiVersion": f"{GROUP}/v1alpha1",
-        "kind": "ServingRuntime",
-        "metadata": _metadata(name, spec.namespace, "llm", {f"{GROUP}/server-type": "huggingfaceserver"}),
+        "kind": "ClusterServingRuntime" if cluster_wide else "ServingRuntime",
+        "metadata": _metadata(name, namespace, "llm", {f"{GROUP}/server-type": "huggingfaceserver"}),
         "spec": {
             "annotations": {"prometheus.kserve.io/port": str(RUNTIME_PORT), "prometheus.kserve.io/path": "/metrics"},
             "supportedModelFormats": [{"name": "huggingface", "version": "1", "autoSelect": True, "priority": 1}],
