@@ -27,7 +27,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY deepmoney ./deepmoney
 RUN DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" \
-    pip install ".[train,serve,cluster,pipelines]" \
+    pip install ".[train,serve,cluster,pipelines,postgres]" \
  && pip check
 
 # --- runtime: the CUDA runtime, the environment, a non-root user ---------------------------------------------

@@ -64,7 +64,7 @@ def test_torch_and_the_extras_are_the_ones_the_package_declares() -> None:
     assert installed, "the Dockerfile does not install the package with its extras"
     extras = set(installed.group(1).split(","))
     declared = set(PYPROJECT["project"]["optional-dependencies"])
-    assert extras <= declared and extras == {"train", "serve", "cluster", "pipelines"}
+    assert extras <= declared and extras == {"train", "serve", "cluster", "pipelines", "postgres"}
     assert "pip check" in DOCKERFILE
 
 
