@@ -684,7 +684,7 @@ def pipeline_compile(
         "deepmoney_pipeline.yaml"
     ),
 ) -> None:
-    """Compile the deepmoney pipeline to YAML; submit it with `kfp run create -f FILE -p workdir=... ...`."""
+    """Compile the deepmoney pipeline to YAML; submit it with `kfp run create -f FILE -e EXPERIMENT KEY=VALUE ...`."""
     from deepmoney.pipeline.compile import compile_pipeline
 
     typer.echo(str(compile_pipeline(output)))
