@@ -42,18 +42,18 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 libgomp1 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/deepmoney /opt/deepmoney
-# uid 1000: launch.run_as_user and the step models' runAsUser (numeric, so the kubelet can enforce runAsNonRoot).
-# Ubuntu's images ship a user "ubuntu" with that uid; it is replaced.
+# uid 10001: launch.run_as_user, the step models' and the chart's runAsUser (numeric, so the kubelet can enforce
+# runAsNonRoot; above the uids of host users, checkov CKV_K8S_40). Ubuntu's user "ubuntu" (uid 1000) is removed.
 RUN userdel --remove ubuntu 2>/dev/null || true \
- && groupadd --gid 1000 deepmoney \
- && useradd --uid 1000 --gid 1000 --home-dir /workspace --no-create-home --shell /usr/sbin/nologin deepmoney \
- && mkdir -p /workspace && chown 1000:1000 /workspace
+ && groupadd --gid 10001 deepmoney \
+ && useradd --uid 10001 --gid 10001 --home-dir /workspace --no-create-home --shell /usr/sbin/nologin deepmoney \
+ && mkdir -p /workspace && chown 10001:10001 /workspace
 # Caches under /tmp: the step models run with a read-only root filesystem and an emptyDir on /tmp.
 ENV PATH=/opt/deepmoney/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HF_HOME=/tmp/huggingface \
     XDG_CACHE_HOME=/tmp/cache \
     TOKENIZERS_PARALLELISM=false
-USER 1000:1000
+USER 10001:10001
 WORKDIR /workspace
 CMD ["deepmoney", "--help"]

@@ -541,7 +541,7 @@ class LaunchConfig(Section):
         None, description="ReadWriteMany PVC every pod mounts: the output, checkpoints, and local data and models."
     )
     volume_mount: str = Field("/workspace", description="Where the claim is mounted in the pods.")
-    run_as_user: int = Field(1000, ge=1, description="Non-root user the pods run as (also their fsGroup).")
+    run_as_user: int = Field(10001, ge=1, description="Non-root user the pods run as (also their fsGroup).")
     elastic: bool = Field(
         False,
         description="PyTorchJob: Workers only, with an elasticPolicy (c10d rendezvous), not Master + Workers.",

@@ -3,7 +3,8 @@
 #   scripts/install.sh         the package and its core dependencies (data, synthesis, evaluation, registry)
 #   scripts/install.sh train   ... plus training (DeepSpeed, peft)
 #   scripts/install.sh quickstart   ... training, serving and the KFP SDK: what `deepmoney quickstart` needs
-#   scripts/install.sh dev     ... plus training and the test tools (pytest, moto, ruff, import-linter, helm, kubectl)
+#   scripts/install.sh dev     ... plus training and the test tools (pytest, moto, ruff, import-linter, helm, kubectl,
+#                              checkov in a venv of its own)
 #   scripts/install.sh train,serve   several extras at once
 # On a machine without an NVIDIA GPU it installs the CPU build of torch first, so that pip does not
 # pull a multi-GB CUDA build; on a GPU machine it keeps (or installs) the CUDA build.
@@ -32,6 +33,8 @@ target="."
 [ -n "$extras" ] && target=".[$extras]"
 "${pip[@]}" -e "$target"
 case ",$extras," in
-  *,dev,*) scripts/install-k8s-tools.sh "$venv/bin" ;;  # helm and kubectl for the chart and manifest tests
+  *,dev,*)
+    scripts/install-k8s-tools.sh "$venv/bin"  # helm and kubectl for the chart and manifest tests
+    scripts/install-checkov.sh ;;  # checkov for tests/test_checkov.py, beside the project's venv (its pins clash)
 esac
 echo "install: done ($venv)" >&2

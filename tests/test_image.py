@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from deepmoney.config import LaunchConfig
 from deepmoney.kube import IMAGE_REPOSITORY, default_image
@@ -84,6 +85,8 @@ def test_the_image_runs_as_the_uid_the_manifests_ask_for() -> None:
     assert user, "the image must name a numeric non-root USER"
     uid = int(user.group(1))
     assert uid != 0 and uid == LaunchConfig.model_fields["run_as_user"].default == StepSpec.run_as_user
+    chart = yaml.safe_load((ROOT / "helm" / "deepmoney" / "values.yaml").read_text(encoding="utf-8"))
+    assert chart["securityContext"]["runAsUser"] == uid  # the chart's pods, the same user
     assert f"--uid {uid}" in DOCKERFILE
 
 

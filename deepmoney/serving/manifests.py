@@ -128,7 +128,7 @@ class StepSpec:
     cpu_request: str = "500m"
     cpu_limit: str = "2"
     memory: str = "2Gi"  # requests = limits
-    run_as_user: int = 1000  # numeric, so that the kubelet can enforce runAsNonRoot
+    run_as_user: int = 10001  # numeric, so that the kubelet can enforce runAsNonRoot
     intake_model_uri: str | None = None  # storageUri of the intake classifier: the graph starts with the intake
 
     def steps(self) -> tuple[str, ...]:
