@@ -8,6 +8,7 @@ field and what it accepts (see `format_validation_error`).
 from __future__ import annotations
 
 import contextvars
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +22,8 @@ from deepmoney.errors import UserError
 
 _yaml_path: contextvars.ContextVar[str | None] = contextvars.ContextVar("yaml_path", default=None)
 _NOT_IN_FINGERPRINT = {"fingerprint": False}
+# The password of a URL's user (`//user:PASSWORD@`), also in a malformed URL such as `postgresql//user:pw@host`.
+_URL_PASSWORD = re.compile(r"(//[^\s/@:]*:)[^\s@]+@")
 
 
 def operational(default: Any = PydanticUndefined, **kwargs: Any) -> Any:
@@ -47,6 +50,21 @@ def result_settings(section: BaseModel, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{name}"] = section.model_dump(mode="json", include={name})[name]
     return out
+
+
+def hide_passwords(value: Any) -> Any:
+    """`value` (a string, or lists and dicts of them) with the password of every URL in it replaced by `***`.
+
+    Config values may carry credentials (a `marketdata.url` from a Secret, a tracking URI with its
+    user's password): whatever is logged, recorded in MLflow or written beside an output passes through this.
+    """
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    if isinstance(value, dict):
+        return {key: hide_passwords(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [hide_passwords(inner) for inner in value]
+    return value
 
 
 class Section(BaseModel):
@@ -704,7 +722,7 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         else:
             msg = err["msg"]
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {hide_passwords(repr(got))})"
         lines.append(f"config error ({source}): {field}: {msg}{shown}")
     return "\n".join(lines)
 

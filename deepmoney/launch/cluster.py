@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from deepmoney import env
-from deepmoney.config import DeepmoneyConfig, LaunchConfig
+from deepmoney.config import DeepmoneyConfig, LaunchConfig, hide_passwords
 from deepmoney.errors import UserError
 from deepmoney.kube import check_label, check_namespace, check_subdomain, default_image
 
@@ -37,6 +37,8 @@ MLFLOW_KEYS = ((env.MLFLOW_TRACKING_URI, False), (env.MLFLOW_TRACKING_USERNAME, 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = {env.RANK, env.WORLD_SIZE, env.LOCAL_RANK, env.LOCAL_WORLD_SIZE, "MASTER_ADDR", "MASTER_PORT"}
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+# Names of variables that hold credentials (AWS_SECRET_ACCESS_KEY, HF_TOKEN), not TOKENIZERS_PARALLELISM
+_CREDENTIAL = re.compile(r"(^|_)(PASSWORD|SECRET|TOKEN|API_KEY|ACCESS_KEY|CREDENTIALS?)(_|$)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,34 @@ def cluster_run(config: DeepmoneyConfig, *, nodes: int, gpus_per_node: int, name
     if bad or reserved:
         raise UserError(f"launch.env: {', '.join(bad + reserved)}: " + ("not environment variable names" if bad else
                         "set by the operator for torchrun; leave them out"))  # fmt: skip
+    pod_config = _pod_config(config)
+    _check_no_credentials(pod_config, launch)
     return ClusterRun(run_name, launch.namespace, train.stage, nodes, gpus_per_node,
-                      launch.image or default_image(), launch, _pod_config(config))  # fmt: skip
+                      launch.image or default_image(), launch, pod_config)  # fmt: skip
+
+
+def _with_passwords(value: Any, where: str) -> list[str]:
+    """The dotted names of the strings in `value` that hold a URL with a password."""
+    if isinstance(value, dict):
+        return [found for key, inner in value.items() for found in _with_passwords(inner, f"{where}.{key}")]
+    if isinstance(value, list):
+        return [found for i, inner in enumerate(value) for found in _with_passwords(inner, f"{where}[{i}]")]
+    return [where] if isinstance(value, str) and hide_passwords(value) != value else []
+
+
+def _check_no_credentials(pod_config: dict[str, Any], launch: LaunchConfig) -> None:
+    """Credentials reach the pods from Secrets only: none in the ConfigMap, none in the job's plain environment."""
+    fields = [found for section, value in pod_config.items() for found in _with_passwords(value, section)]
+    fields += _with_passwords(launch.env, "launch.env")
+    if fields:
+        raise UserError(f"{', '.join(fields)}: a URL with a password would be readable in the job's ConfigMap or spec; "
+                        "give it without the password, and the credentials through a Secret: launch.mlflow_secret "
+                        "(MLFLOW_TRACKING_USERNAME / _PASSWORD) or launch.s3_secret (AWS_ACCESS_KEY_ID / "
+                        "AWS_SECRET_ACCESS_KEY)")  # fmt: skip
+    named = sorted(key for key in launch.env if _CREDENTIAL.search(key) and not key.upper().endswith("_FILE"))
+    if named:
+        raise UserError(f"launch.env: {', '.join(named)}: credentials do not go into the job's spec in plain text; "
+                        "put them in a Secret: launch.s3_secret or launch.mlflow_secret (docs/launch.md)")  # fmt: skip
 
 
 def _check_paths(launch: LaunchConfig, model: str, data: str, output: str) -> None:

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, create_engine, inspect, make_url, select
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
 from deepmoney import env
+from deepmoney.config import hide_passwords
 from deepmoney.errors import ServiceUnavailable, UserError
 from deepmoney.marketdata import schema
 from deepmoney.marketdata.dictionary import SeriesInfo
@@ -64,9 +65,9 @@ def parse_url(url: str) -> tuple[Any, str]:
     """The parsed SQLAlchemy `url` and the URL as shown in messages (password hidden); a UserError if invalid."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise UserError(
-            f"invalid market-data database URL {url!r}: expected an SQLAlchemy URL like {_URL_EXAMPLE}"
+            f"invalid market-data database URL {hide_passwords(url)!r}: expected an SQLAlchemy URL like {_URL_EXAMPLE}"
         ) from None
     return parsed, parsed.render_as_string(hide_password=True)
 

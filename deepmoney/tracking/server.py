@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from deepmoney import env
-from deepmoney.config import MlflowConfig
+from deepmoney.config import MlflowConfig, hide_passwords
 from deepmoney.errors import UserError
 
 
@@ -50,7 +50,8 @@ def connect(config: MlflowConfig, what: str) -> Any:
     configure_client(config)
     problem = reachable(uri, config.timeout)
     if problem:
-        raise UserError(f"cannot {what}: the MLflow server at {uri} does not answer ({problem}); nothing was changed")
+        raise UserError(f"cannot {what}: the MLflow server at {hide_passwords(uri)} does not answer ({problem}); "
+                        "nothing was changed")  # fmt: skip
     import mlflow
 
     mlflow.set_tracking_uri(uri)
@@ -58,6 +59,6 @@ def connect(config: MlflowConfig, what: str) -> Any:
 
 
 def mlflow_error(exc: Exception) -> str:
-    """The first line of an MLflow exception's message, without its error-code prefix noise."""
+    """The first line of an MLflow exception's message, without its error-code prefix noise (nor URL passwords)."""
     message = getattr(exc, "message", None) or str(exc)
-    return message.strip().splitlines()[0][:300] if message else type(exc).__name__
+    return hide_passwords(message.strip().splitlines()[0][:300]) if message else type(exc).__name__

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from deepmoney.config import MlflowConfig
+from deepmoney.config import MlflowConfig, hide_passwords
 from deepmoney.errors import UserError
 from deepmoney.stage import EvaluationManifest, TrainManifest, manifest_kind, read_manifest, write_manifest
 from deepmoney.storage import Storage, atomic_write_bytes
@@ -59,9 +59,11 @@ def sync_training(output: Path, config: MlflowConfig, storage: Storage) -> tuple
     kept = {k: run[k] for k in ("experiment", "artifact_location") if run.get(k)}
     settings = config.model_copy(update={**kept, "system_metrics": False})  # the machine now is not the trainer
     client = connect(settings, f"sync {output}")
-    uri = tracking_uri(settings)
-    if manifest.mlflow_run_id and manifest.mlflow_tracking_uri and manifest.mlflow_tracking_uri != uri:
-        raise UserError(f"{output} was tracked at {manifest.mlflow_tracking_uri}, not {uri}; sync it to that server")
+    given = tracking_uri(settings)
+    uri = hide_passwords(given)  # as recorded in the output and logged
+    if manifest.mlflow_run_id and manifest.mlflow_tracking_uri and manifest.mlflow_tracking_uri not in (uri, given):
+        raise UserError(f"{output} was tracked at {hide_passwords(manifest.mlflow_tracking_uri)}, not {uri}; sync it "
+                        "to that server")  # fmt: skip
     tracker = Tracker(settings, True, output, record_locally=False)
     if manifest.mlflow_run_id is None:
         (output / RUN_FILE).unlink(missing_ok=True)  # a run id from another server must not be reopened

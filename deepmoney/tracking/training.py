@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepmoney.config import MlflowConfig
+from deepmoney.config import MlflowConfig, hide_passwords
 from deepmoney.storage import atomic_write_bytes
 from deepmoney.tracking import tags
 from deepmoney.tracking.server import configure_client, reachable, tracking_uri
@@ -36,13 +36,16 @@ TOKENIZER_FILES = ("tokenizer*", "special_tokens_map.json", "added_tokens.json",
 
 
 def flatten_params(value: Any, prefix: str = "") -> dict[str, str]:
-    """Nested params as MLflow's flat `a.b.c: text` pairs (lists as JSON), each cut to MLflow's 6000 characters."""
+    """Nested params as MLflow's flat `a.b.c: text` pairs (lists as JSON), each cut to MLflow's 6000 characters.
+
+    URLs are recorded without their passwords (a tracking URI may carry its user's).
+    """
     out: dict[str, str] = {}
     if isinstance(value, dict):
         for key, inner in value.items():
             out.update(flatten_params(inner, f"{prefix}.{key}" if prefix else str(key)))
     else:
-        out[prefix] = (json.dumps(value) if isinstance(value, list) else str(value))[:6000]
+        out[prefix] = hide_passwords(json.dumps(value) if isinstance(value, list) else str(value))[:6000]
     return out
 
 
@@ -68,6 +71,7 @@ class Tracker:
         self.output = output
         self.record_locally = record_locally  # False when replaying a run kept offline (sync)
         self.uri = tracking_uri(config) if is_main else None
+        self.shown_uri = hide_passwords(self.uri)  # the URI as logged and recorded: without a password in it
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._buffer: list[tuple[dict[str, float], int]] = []
@@ -88,10 +92,11 @@ class Tracker:
     def _failed(self, what: str, exc: BaseException | str) -> None:
         if self._down_since is None:
             reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            reason = hide_passwords(reason)  # MLflow's messages name the URL they called
             log.warning(
                 "MLflow at %s failed to %s (%s); training continues, everything is kept in %s; upload it later "
                 "with: deepmoney track sync %s",
-                self.uri, what, reason, self.output, self.output,
+                self.shown_uri, what, reason, self.output, self.output,
             )  # fmt: skip
         self._down_since = time.monotonic()
 
@@ -134,7 +139,7 @@ class Tracker:
             run_id = None
             if previous.is_file():
                 saved = json.loads(previous.read_text(encoding="utf-8"))
-                if saved.get("tracking_uri") == self.uri:
+                if saved.get("tracking_uri") in (self.shown_uri, self.uri):  # older outputs kept the URI as given
                     run_id = saved["run_id"]
             run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=run_tags,
                                    log_system_metrics=self.config.system_metrics)  # fmt: skip
@@ -147,14 +152,15 @@ class Tracker:
         self.run_id = run.info.run_id
         self.experiment_id = experiment.experiment_id
         if self.record_locally:
-            atomic_write_bytes(previous, json.dumps({"run_id": self.run_id, "tracking_uri": self.uri}).encode())
-        log.info("MLflow run %s (experiment %s at %s)", self.run_id, self.config.experiment, self.uri)
+            atomic_write_bytes(previous, json.dumps({"run_id": self.run_id, "tracking_uri": self.shown_uri}).encode())
+        log.info("MLflow run %s (experiment %s at %s)", self.run_id, self.config.experiment, self.shown_uri)
         if run_id is None:
             self.log_params(run_record["params"])
         return self.run_id
 
     def log_params(self, params: dict[str, str]) -> None:
-        """Flat params of the run (kept for later when MLflow does not take them)."""
+        """Flat params of the run, without URL passwords (kept for later when MLflow does not take them)."""
+        params = {key: hide_passwords(str(value)) for key, value in params.items()}
         if not self._call("log params", lambda: self._mlflow.log_params(params)):
             self._keep("params", params)
 
@@ -215,7 +221,7 @@ class Tracker:
 
         if self._call("log metrics", send):
             if self._down_since is not None:
-                log.info("MLflow at %s answers again; %d buffered metric lines sent", self.uri, len(self._buffer))
+                log.info("MLflow at %s answers again; %d buffered metric lines sent", self.shown_uri, len(self._buffer))
             self._down_since = None
             self._buffer.clear()
 

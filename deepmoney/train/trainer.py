@@ -22,7 +22,7 @@ import torch
 
 from deepmoney import __version__
 from deepmoney import env as env_vars
-from deepmoney.config import DeepmoneyConfig
+from deepmoney.config import DeepmoneyConfig, hide_passwords
 from deepmoney.errors import UserError
 from deepmoney.models.resolve import resolve_model
 from deepmoney.models.shape import model_shape
@@ -206,7 +206,7 @@ class _Run:
                 tracker.log_dict(manifest.model_dump(mode="json"), "deepmoney_manifest.json")
                 tracker.end("FINISHED")
                 manifest.mlflow_run_id = tracker.run_id
-                manifest.mlflow_tracking_uri = tracker.uri if tracker.run_id else None
+                manifest.mlflow_tracking_uri = tracker.shown_uri if tracker.run_id else None
                 manifest.mlflow_pending = tracker.pending
                 write_manifest(self.output / "manifest.json", manifest)
                 log.info(
@@ -372,5 +372,5 @@ class _Run:
             lora=train.lora.model_dump(mode="json") if train.lora.enabled else None,
             planned_steps=total, train_seconds=round(progress.seconds, 3), resumes=progress.resumes,
             global_batch=batch.global_batch, micro_batch=batch.micro_batch, grad_accum=batch.grad_accum,
-            precision=precision, config=train.model_dump(mode="json"),
+            precision=precision, config=hide_passwords(train.model_dump(mode="json")),
         )  # fmt: skip

@@ -176,3 +176,25 @@ launch.runtime its TrainingRuntime. */}}
 {{- define "deepmoney.workspace.name" -}}
 {{- default (printf "%s-workspace" (include "deepmoney.fullname" .)) .Values.workspace.name | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* Credentials never come from values (they would be readable in a ConfigMap or an object's spec): fail at
+the first value that holds one, naming it but not showing it. (list PATH VALUE), walked recursively. */}}
+{{- define "deepmoney.noCredentials" -}}
+{{- $path := index . 0 }}
+{{- $value := index . 1 }}
+{{- if kindIs "map" $value }}
+{{- range $key, $inner := $value }}
+{{- $where := ternary $key (printf "%s.%s" $path $key) (eq $path "") }}
+{{- if and (hasPrefix "config." $where) (regexMatch "(?i)(^|_)(password|token|api_key|access_key|credentials?)(_|$)" $key) }}
+{{- fail (printf "%s: credentials do not go into the chart's values (the ConfigMap would show them); put them in a Secret and name it (docs/cluster.md)" $where) }}
+{{- end }}
+{{- include "deepmoney.noCredentials" (list $where $inner) }}
+{{- end }}
+{{- else if kindIs "slice" $value }}
+{{- range $i, $inner := $value }}
+{{- include "deepmoney.noCredentials" (list (printf "%s[%d]" $path $i) $inner) }}
+{{- end }}
+{{- else if and (kindIs "string" $value) (regexMatch "//[^/@:\\s]*:[^@\\s]+@" $value) }}
+{{- fail (printf "%s holds a URL with a password: give the URL without it, and the credentials through a Secret (docs/cluster.md)" $path) }}
+{{- end }}
+{{- end }}
