@@ -19,6 +19,13 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 
+tools=""
+case ",$extras," in
+  *,dev,*)  # the test tools install beside the package (their own downloads, their own venv): in parallel
+    { scripts/install-k8s-tools.sh "$venv/bin" && scripts/install-checkov.sh; } &
+    tools=$! ;;
+esac
+
 if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "install: NVIDIA GPU found; installing the default (CUDA) torch" >&2
@@ -32,9 +39,10 @@ fi
 target="."
 [ -n "$extras" ] && target=".[$extras]"
 "${pip[@]}" -e "$target"
-case ",$extras," in
-  *,dev,*)
-    scripts/install-k8s-tools.sh "$venv/bin"  # helm and kubectl for the chart and manifest tests
-    scripts/install-checkov.sh ;;  # checkov for tests/test_checkov.py, beside the project's venv (its pins clash)
-esac
+# helm and kubectl for the chart and manifest tests; checkov for tests/test_checkov.py in a venv of its own
+# (its pins clash with the project's)
+if [ -n "$tools" ] && ! wait "$tools"; then
+  echo "install: the test tools (helm, kubectl, checkov) failed to install; see above" >&2
+  exit 1
+fi
 echo "install: done ($venv)" >&2
