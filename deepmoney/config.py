@@ -549,6 +549,7 @@ class LaunchConfig(Section):
         description="Extra environment of the training container (the fabric's NCCL_* settings, say); "
         "NCCL_DEBUG=WARN unless set here.",
     )
+
     s3_secret: str | None = Field(
         None, description="Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL) for s3:// data."
     )
@@ -594,6 +595,13 @@ class LaunchConfig(Section):
     restarting_limit_seconds: float = Field(
         900.0, gt=0, description="A job Restarting (or with pods Terminating) this long is reported, not waited on."
     )
+
+    @field_validator("env")
+    @classmethod
+    def _names_as_written(cls, value: dict[str, str]) -> dict[str, str]:
+        # DEEPMONEY_LAUNCH__ENV__NCCL_DEBUG=INFO arrives as {"nccl_debug": ...}: the pod needs NCCL_DEBUG
+        written = env.nested_names("launch", "env")
+        return {written.get(name, name): setting for name, setting in value.items()}
 
 
 class DeepmoneyConfig(BaseSettings):

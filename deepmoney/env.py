@@ -79,6 +79,17 @@ PYTHONUNBUFFERED = "PYTHONUNBUFFERED"
 XDG_CACHE_HOME = "XDG_CACHE_HOME"  # the embedded market-data database is built under it (~/.cache)
 
 
+def nested_names(*path: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The names under `DEEPMONEY_<PATH>__` in the environment, by their lower-case form.
+
+    pydantic-settings lower-cases the keys of a dict it reads from variables such as
+    `DEEPMONEY_LAUNCH__ENV__NCCL_DEBUG`; this gives them back as they were written.
+    """
+    marker = PREFIX + NESTED_DELIMITER.join(part.upper() for part in path) + NESTED_DELIMITER
+    names = (os.environ if environ is None else environ).keys()
+    return {name[len(marker) :].lower(): name[len(marker) :] for name in names if name.upper().startswith(marker)}
+
+
 def get(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     """The value of `name` (None when unset or empty)."""
     value = (os.environ if environ is None else environ).get(name)

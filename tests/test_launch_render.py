@@ -183,7 +183,8 @@ def test_what_a_trainjob_cannot_do_is_refused() -> None:
 
 @needs_crds
 def test_launch_render_from_the_command_line(tmp_path: Path) -> None:
-    env = {"DEEPMONEY_LAUNCH__VOLUME_CLAIM": CLAIM, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}
+    env = {"DEEPMONEY_LAUNCH__VOLUME_CLAIM": CLAIM, "KUBECONFIG": str(tmp_path / "no-such-kubeconfig"),
+           "DEEPMONEY_LAUNCH__ENV__NCCL_SOCKET_IFNAME": "eth0"}  # fmt: skip
     args = ["--stage", "pt", "--model", RUN["model"], "--data", RUN["data"], "--output", RUN["output"]]
     for backend, kind in (("pytorchjob", "PyTorchJob"), ("trainjob", "TrainJob")):
         result = run_cli("launch", "--backend", backend, *args, "--nodes", "4", "--gpus-per-node", "8", "--render",
@@ -193,6 +194,9 @@ def test_launch_render_from_the_command_line(tmp_path: Path) -> None:
         assert config_map["kind"] == "ConfigMap" and job["kind"] == kind
         crd_schema.validate(job)
         assert result.stderr == ""
+        # a variable given through the environment keeps its name (pydantic-settings would lower-case it)
+        for container in _containers(job):
+            assert {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"} in container["env"], container["env"]
     local = run_cli("launch", "--backend", "local", *args, "--gpus-per-node", "2", "--render", env=env)
     assert local.returncode == 0, local.stderr
     (run,) = yaml.safe_load_all(local.stdout)  # the torchrun it would start, and the config its ranks read
