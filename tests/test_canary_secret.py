@@ -10,9 +10,7 @@ nor the params and tags of an MLflow run. Every check looks for the canary in wh
 from __future__ import annotations
 
 import logging
-import platform
 import subprocess
-import sys
 from pathlib import Path
 from uuid import uuid4
 
@@ -77,19 +75,6 @@ def _files_with_canary(directory: Path) -> list[str]:
 
 
 # -- 1. the Helm chart -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """.venv/bin/helm, else installed for this module by scripts/install-k8s-tools.sh."""
-    if platform.system() != "Linux" or platform.machine() != "x86_64":
-        pytest.skip("the helm binary is for Linux x86_64")
-    installed = Path(sys.executable).parent / "helm"
-    if installed.is_file():
-        return installed
-    target = tmp_path_factory.mktemp("k8s-tools")
-    subprocess.run([str(ROOT / "scripts" / "install-k8s-tools.sh"), str(target)], check=True, cwd=ROOT)
-    return target / "helm"
 
 
 def _names(field: str, stderr: str) -> bool:

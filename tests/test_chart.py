@@ -35,17 +35,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="session")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """.venv/bin/helm (scripts/install.sh dev puts it there), else installed for this session by the same script."""
-    installed = Path(sys.executable).parent / "helm"
-    if installed.is_file():
-        return installed
-    target = tmp_path_factory.mktemp("k8s-tools")
-    subprocess.run([str(ROOT / "scripts" / "install-k8s-tools.sh"), str(target)], check=True, cwd=ROOT)
-    return target / "helm"
-
-
 def _helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(helm), *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
 

@@ -20,7 +20,7 @@ from deepmoney.config import load_config
 from deepmoney.launch.render import render_objects as render_job
 from deepmoney.launch.trainjob import training_runtime
 from deepmoney.serving.manifests import LLMSpec, StepSpec, llm_url, render, serving_runtime
-from tests.test_chart import CHART, NAMESPACE, RELEASE, SCENARIOS, _helm, _render, helm  # noqa: F401  (fixture)
+from tests.test_chart import CHART, NAMESPACE, RELEASE, SCENARIOS, _helm, _render
 
 FULLNAME = f"{RELEASE}-deepmoney"
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
@@ -72,10 +72,11 @@ def _same(built: dict[str, Any], rendered: dict[str, Any]) -> None:
     assert rendered["metadata"].get("annotations", {}) == built["metadata"].get("annotations", {}), name
 
 
-def _pod_settings(config_map: dict[str, Any], tmp_path: Path) -> Any:
-    """The chart's settings as a training pod reads them, with the run's own (model, data, output) added."""
+def pod_settings(config_map: dict[str, Any], tmp_path: Path, stage: str = "pt") -> Any:
+    """The chart's settings as a training pod reads them, with the run's own (stage, model, data, output) added."""
     settings = yaml.safe_load(config_map["data"]["deepmoney.yaml"])
-    settings["train"] = {"model": "s3://models/base", "data": "/workspace/pt", "output": "/workspace/runs/pt"}
+    settings["train"] = {"stage": stage, "model": "s3://models/base", "data": "/workspace/pt",
+                         "output": f"/workspace/runs/{stage}"}  # fmt: skip
     (tmp_path / "deepmoney.yaml").write_text(yaml.safe_dump(settings))
     return load_config(tmp_path / "deepmoney.yaml")
 
@@ -93,7 +94,7 @@ CASES = [(p.stem, p, {}) for p in SERVING] + [
 
 
 @pytest.mark.parametrize(("label", "path", "sets"), CASES, ids=[c[0] for c in CASES])
-def test_the_chart_serves_what_the_builders_render(helm: Path, label: str, path: Path | None,  # noqa: F811
+def test_the_chart_serves_what_the_builders_render(helm: Path, label: str, path: Path | None,
                                                    sets: dict[str, Any], tmp_path: Path) -> None:  # fmt: skip
     values = _values(path, **sets)
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
@@ -111,7 +112,7 @@ def test_the_chart_serves_what_the_builders_render(helm: Path, label: str, path:
     assert len([o for o in built if o["kind"] == "InferenceService"]) == 1 + len(steps.steps())
 
 
-def test_the_trainer_runtime_is_the_one_the_jobs_run_on(helm: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_trainer_runtime_is_the_one_the_jobs_run_on(helm: Path, tmp_path: Path) -> None:
     scenario = CHART / "ci" / "trainer-v2-values.yaml"
     objects = _by_name(_render(helm, "-f", str(scenario)))
     name = f"{FULLNAME}-torch"
@@ -119,7 +120,7 @@ def test_the_trainer_runtime_is_the_one_the_jobs_run_on(helm: Path, tmp_path: Pa
     image = f"ghcr.io/deepmoney/deepmoney:{APP_VERSION}"
     _same(training_runtime(name, NAMESPACE, image), rendered)
     # the chart's settings, as a pod would read them, send the launcher's TrainJob to that runtime
-    config = _pod_settings(objects[("ConfigMap", f"{FULLNAME}-config")], tmp_path)
+    config = pod_settings(objects[("ConfigMap", f"{FULLNAME}-config")], tmp_path)
     _, job = render_job(config, "trainjob", nodes=2, gpus_per_node=8)
     assert job["spec"]["runtimeRef"] == {"name": name, "apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime"}
     assert job["metadata"]["namespace"] == NAMESPACE
@@ -128,7 +129,7 @@ def test_the_trainer_runtime_is_the_one_the_jobs_run_on(helm: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.stem)
-def test_the_configmap_holds_settings_deepmoney_loads(helm: Path, values: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_configmap_holds_settings_deepmoney_loads(helm: Path, values: Path, tmp_path: Path) -> None:
     config_map = next(o for o in _render(helm, "-f", str(values)) if o["kind"] == "ConfigMap")
     (tmp_path / "deepmoney.yaml").write_text(config_map["data"]["deepmoney.yaml"])
     config = load_config(tmp_path / "deepmoney.yaml")  # extra="forbid": a misspelt setting fails here
@@ -177,7 +178,7 @@ def _pod(obj: dict[str, Any], **kserve: str) -> dict[str, str]:
     return {**obj["metadata"]["labels"], **kserve}
 
 
-def test_the_network_policies_let_through_only_the_chain(helm: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_network_policies_let_through_only_the_chain(helm: Path, tmp_path: Path) -> None:
     objects = _render(helm, "-f", str(CHART / "ci" / "gpu-tp8-values.yaml"))
     policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
     found = _by_name(objects)
@@ -189,7 +190,7 @@ def test_the_network_policies_let_through_only_the_chain(helm: Path, tmp_path: P
     llm_obj = found[("InferenceService", f"{FULLNAME}-llm")]
     llm = _pod(llm_obj, **{"serving.kserve.io/inferenceservice": f"{FULLNAME}-llm"})
     mlflow = found[("Deployment", f"{FULLNAME}-mlflow")]["spec"]["template"]["metadata"]["labels"]
-    job = render_job(_pod_settings(found[("ConfigMap", f"{FULLNAME}-config")], tmp_path), "pytorchjob", nodes=2,
+    job = render_job(pod_settings(found[("ConfigMap", f"{FULLNAME}-config")], tmp_path), "pytorchjob", nodes=2,
                      gpus_per_node=8)[1]  # fmt: skip
     trainer = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
     pipeline_task = {"pipelines.kubeflow.org/v2_component": "true", "pipeline/runid": "r1"}
@@ -215,7 +216,7 @@ def test_the_network_policies_let_through_only_the_chain(helm: Path, tmp_path: P
     assert not _allowed(policies, steps["sectors"], stranger, 443)
 
 
-def test_serving_values_that_cannot_work_are_refused(helm: Path) -> None:  # noqa: F811
+def test_serving_values_that_cannot_work_are_refused(helm: Path) -> None:
     cases = [
         (["--set", "serving.enabled=true"], "serving.llm.modelUri is required"),
         (["--set", "serving.enabled=true", "--set", "serving.llm.modelUri=ftp://x/y"], "/serving/llm/modelUri"),

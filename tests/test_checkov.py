@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, scenario_namespace
 
 CHART = ROOT / "helm" / "deepmoney"
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -43,25 +43,14 @@ def _pinned_version() -> str:
 
 
 @pytest.fixture(scope="module")
-def tools(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """helm, kubectl and checkov: .venv/bin (scripts/install.sh dev puts them there), else installed for this run."""
-    beside = Path(sys.executable).parent
-    found = {name: beside / name for name in ("helm", "kubectl", "checkov")}
-    if not (found["helm"].is_file() and found["kubectl"].is_file()):
-        target = tmp_path_factory.mktemp("k8s-tools")
-        subprocess.run([str(ROOT / "scripts" / "install-k8s-tools.sh"), str(target)], check=True, cwd=ROOT)
-        found.update(helm=target / "helm", kubectl=target / "kubectl")
-    if not found["checkov"].is_file():
+def tools(helm: Path, kubectl: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """helm, kubectl and checkov: .venv/bin (scripts/install.sh dev puts checkov there), else installed for this run."""
+    checkov = Path(sys.executable).parent / "checkov"
+    if not checkov.is_file():
         target = tmp_path_factory.mktemp("checkov") / "venv"
         subprocess.run([str(INSTALLER), str(target)], check=True, cwd=ROOT)
-        found["checkov"] = target / "bin" / "checkov"
-    return found
-
-
-def _scenario_namespace(values: Path) -> str:
-    """deepmoney, or the namespace the scenario's launch settings require (the chart refuses any other)."""
-    data = yaml.safe_load(values.read_text(encoding="utf-8")) or {}
-    return ((data.get("config") or {}).get("launch") or {}).get("namespace") or NAMESPACE
+        checkov = target / "bin" / "checkov"
+    return {"helm": helm, "kubectl": kubectl, "checkov": checkov}
 
 
 def _run(*args: str | Path) -> str:
@@ -75,7 +64,7 @@ def _renders(tools: dict[str, Path]) -> dict[str, str]:
     renders = {}
     for values in SCENARIOS:
         scenario = values.name.removesuffix("-values.yaml")
-        namespace = _scenario_namespace(values)
+        namespace = scenario_namespace(values, NAMESPACE)
         renders[f"helm-{scenario}.yaml"] = _run(
             tools["helm"], "template", RELEASE, CHART, "-n", namespace, "-f", values
         )

@@ -16,19 +16,17 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from deepmoney.config import load_config
 from deepmoney.launch.cluster import MLFLOW_KEYS, S3_KEYS
 from deepmoney.launch.render import render_objects as render_job
 from tests.conftest import ROOT, run_cli
-from tests.test_chart import CHART, _helm, helm  # noqa: F401  (fixture)
+from tests.test_chart import _helm
+from tests.test_chart_serving import pod_settings
 
 GUIDE = ROOT / "docs" / "cluster.md"
 KUBECTL_OFFLINE = {"KUBECONFIG": os.devnull}
@@ -47,6 +45,7 @@ class Cluster:
 
     tmp: Path
     helm: Path
+    kubectl: Path
     namespace: str | None = None
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     image: str | None = None
@@ -56,13 +55,6 @@ class Cluster:
 
     def find(self, kind: str, name: str) -> dict[str, Any] | None:
         return next((o for o in self.objects if o["kind"] == kind and o["metadata"]["name"] == name), None)
-
-
-def _kubectl() -> str:
-    installed = Path(sys.executable).parent / "kubectl"
-    if not installed.is_file():
-        pytest.skip("kubectl is not installed (scripts/install.sh dev puts it into .venv/bin)")
-    return str(installed)
 
 
 def _namespace(args: list[str]) -> tuple[str | None, list[str]]:
@@ -77,7 +69,7 @@ def _kubectl_command(cluster: Cluster, args: list[str]) -> None:
     namespace, rest = _namespace(args)
     verb = rest[0]
     if verb == "create":
-        result = subprocess.run([_kubectl(), *args, "--dry-run=client", "-o", "yaml"], capture_output=True,
+        result = subprocess.run([str(cluster.kubectl), *args, "--dry-run=client", "-o", "yaml"], capture_output=True,
                                 text=True, env={**os.environ, **KUBECTL_OFFLINE}, timeout=60)  # fmt: skip
         assert result.returncode == 0, (args, result.stderr)
         created = yaml.safe_load(result.stdout)
@@ -93,8 +85,8 @@ def _kubectl_command(cluster: Cluster, args: list[str]) -> None:
         return
     if verb == "apply":  # kustomize: the namespace is the kustomization's
         assert rest[1] == "-k", args
-        result = subprocess.run([_kubectl(), "kustomize", str(ROOT / rest[2])], capture_output=True, text=True,
-                                timeout=60)  # fmt: skip
+        result = subprocess.run([str(cluster.kubectl), "kustomize", str(ROOT / rest[2])], capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
         assert result.returncode == 0, (args, result.stderr)
         applied = [o for o in yaml.safe_load_all(result.stdout) if o]
         assert applied and {o["metadata"].get("namespace") for o in applied} == {cluster.namespace}, args
@@ -127,11 +119,7 @@ KNOWN_RESOURCES = {"pytorchjobs", "trainjobs", "inferenceservices", "inferencegr
 def _job_labels(cluster: Cluster, stage: str = "pt") -> dict[str, str]:
     config_map = cluster.find("ConfigMap", "deepmoney-config")
     assert config_map, "the chart is installed before training is watched"
-    settings = yaml.safe_load(config_map["data"]["deepmoney.yaml"])
-    settings["train"] = {"model": "s3://models/base", "data": "/workspace/pt", "output": f"/workspace/runs/{stage}",
-                         "stage": stage}  # fmt: skip
-    (cluster.tmp / "pod.yaml").write_text(yaml.safe_dump(settings))
-    job = render_job(load_config(cluster.tmp / "pod.yaml"), "pytorchjob", nodes=1, gpus_per_node=8)[1]
+    job = render_job(pod_settings(config_map, cluster.tmp, stage), "pytorchjob", nodes=1, gpus_per_node=8)[1]
     return job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
 
 
@@ -226,10 +214,10 @@ def _curl_command(cluster: Cluster, args: list[str]) -> None:
     assert url.endswith("/metrics") and name.endswith("-predictor"), (url, name)  # KServe's ModelServer route
 
 
-def test_every_command_of_the_cluster_guide_runs_or_renders(helm: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_every_command_of_the_cluster_guide_runs_or_renders(helm: Path, kubectl: Path, tmp_path: Path) -> None:
     commands = _commands()
     assert len(commands) >= 15
-    cluster = Cluster(tmp_path, helm)
+    cluster = Cluster(tmp_path, helm, kubectl)
     programs = []
     for args in commands:
         env = {}

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests import crd_schema
-from tests.conftest import ROOT
+from tests.conftest import ROOT, scenario_namespace
 
 CHART = ROOT / "helm" / "deepmoney"
 K8S = ROOT / "k8s"
@@ -38,23 +38,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 Key = tuple[str, str]
-
-
-@pytest.fixture(scope="session")
-def k8s_tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The folder holding helm and kubectl: .venv/bin (scripts/install.sh dev), else installed for this session."""
-    beside = Path(sys.executable).parent
-    if (beside / "helm").is_file() and (beside / "kubectl").is_file():
-        return beside
-    target = tmp_path_factory.mktemp("k8s-tools")
-    subprocess.run([str(ROOT / "scripts" / "install-k8s-tools.sh"), str(target)], check=True, cwd=ROOT)
-    return target
-
-
-def _scenario_namespace(values: Path) -> str:
-    """deepmoney, or the namespace the scenario's launch settings require (the chart refuses any other)."""
-    data = yaml.safe_load(values.read_text(encoding="utf-8")) or {}
-    return ((data.get("config") or {}).get("launch") or {}).get("namespace") or NAMESPACE
 
 
 def _without_helm_only(obj: Any) -> Any:
@@ -93,7 +76,7 @@ def _by_key(objects: list[dict[str, Any]], what: str) -> dict[Key, dict[str, Any
 def _helm_objects(helm: Path, scenario: str) -> dict[Key, dict[str, Any]]:
     """The chart's objects for the scenario, as kustomize users get them: no test hooks, no helm-only metadata."""
     values = SCENARIOS[scenario]
-    namespace = _scenario_namespace(values)
+    namespace = scenario_namespace(values)
     command = [str(helm), "template", RELEASE, str(CHART), "--namespace", namespace, "-f", str(values)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
@@ -165,7 +148,7 @@ def test_kustomize_renders_the_charts_objects_and_they_validate(k8s_tools: Path,
 
     directory = _kustomize_dir(scenario)
     objects = _kustomize(k8s_tools / "kubectl", directory)
-    namespace = _scenario_namespace(SCENARIOS[scenario])
+    namespace = scenario_namespace(SCENARIOS[scenario])
     for obj in objects:
         assert obj["metadata"]["namespace"] == namespace, (obj["kind"], obj["metadata"]["name"])
         if obj["apiVersion"].split("/")[0] in CUSTOM_GROUPS:
