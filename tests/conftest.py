@@ -23,6 +23,10 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One OpenMP thread per process, in the workers and every process they start: xdist runs two workers on CI's two
+# cores, and torch's default (a thread per core in each process) oversubscribes them. Two 40-step trainings side by
+# side took 190 s each with the local launcher's default (cores // nproc threads), 32 s each with one thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @dataclass

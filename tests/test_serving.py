@@ -520,7 +520,7 @@ def test_serving_the_intake_needs_its_classifier(llm: ScriptedOpenAIServer, tmp_
 def test_a_sandboxed_program_answers_and_a_bad_one_is_contained(llm: ScriptedOpenAIServer) -> None:
     options = _options(f"{llm.base_url}#analyst")
     quant = options.config.serving.quant
-    quant.sandbox, quant.sandbox_cpu_seconds, quant.sandbox_wall_seconds = True, 2, 10.0
+    quant.sandbox, quant.sandbox_cpu_seconds, quant.sandbox_wall_seconds = True, 1, 20.0
     with BackgroundServer(options) as server:
         body = _post(server.url, {"news": "PROGRAM-MEAN: oil rallied.", "date": "2015-06-01"}).json()
         program, data = body["computed"]["program"], body["data"][0]
@@ -530,7 +530,9 @@ def test_a_sandboxed_program_answers_and_a_bad_one_is_contained(llm: ScriptedOpe
         assert program["stdout"].strip() == f"mean {mean:.6f} last {values[-1]:.6f} n {len(values)}"
         loop = _post(server.url, {"news": "PROGRAM-LOOP: oil rallied.", "date": "2015-06-01"})
         assert loop.status_code == 200 and not loop.json()["computed"]["program"]["ok"]
-        assert "limit" in loop.json()["computed"]["program"]["error"]
+        # Contained by the CPU limit, or by the wall clock where a loaded machine gives the loop too little CPU.
+        contained = {"exceeded the CPU-time limit of 1 s", "timed out after 20 s"}
+        assert loop.json()["computed"]["program"]["error"] in contained
         assert loop.json()["computed"]["figures"]  # the toolbox's figures stand beside the failed program
         passwd = _post(server.url, {"news": "PROGRAM-PASSWD: oil rallied.", "date": "2015-06-01"}).json()
         assert passwd["computed"]["program"]["error"].startswith("blocked:") and "root:" not in json.dumps(passwd)
