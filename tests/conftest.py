@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deepmoney import env
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CORPUS = ROOT / "examples" / "corpus"
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -22,15 +24,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # Tests never reach a model hub, and the Rust tokenizer should not warn about forking.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault(env.TOKENIZERS_PARALLELISM, "false")
 # One OpenMP thread per process, in the workers and every process they start: xdist runs two workers on CI's two
 # cores, and torch's default (a thread per core in each process) oversubscribes them. Two 40-step trainings side by
 # side took 190 s each with the local launcher's default (cores // nproc threads), 32 s each with one thread.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault(env.OMP_NUM_THREADS, "1")
 
 # The longest files first (figures from CI's --durations), the rest in collection order. xdist's loadfile deals
-# files out by their number of tests unless --no-loadscope-reorder (pyproject's addopts), which put the one-test
-# quickstart last: it ran alone for the last 5 of CI's 29 minutes while the other worker idled.
+# files out by their number of tests unless --no-loadscope-reorder (pyproject's addopts), which put the two-test
+# quickstart file last: it ran alone for the last 5 of CI's 29 minutes while the other worker idled.
 LONGEST_FILES_FIRST = ("test_quickstart.py", "test_registry.py", "test_train.py", "test_stage_contract.py",
                        "test_launch_local.py", "test_pipeline.py")  # fmt: skip
 
