@@ -113,7 +113,12 @@ def test_the_compiled_pipeline_holds_no_secret(planted: dict[str, str], tmp_path
 # -- 3. a training job's ConfigMap --------------------------------------------------------------------
 
 
-def test_a_training_jobs_configmap_and_spec_hold_no_secret(planted: dict[str, str], tmp_path: Path) -> None:
+def test_a_training_jobs_configmap_and_spec_hold_no_secret(
+    planted: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session's moto fixture exports the endpoint setting, and a variable beats the config file: without
+    # this, the hurried config file's s3_endpoint_url below would never be read when an S3 test ran first.
+    monkeypatch.delenv("DEEPMONEY_STORAGE__S3_ENDPOINT_URL", raising=False)
     cluster = {**planted, "DEEPMONEY_LAUNCH__VOLUME_CLAIM": "deepmoney-workspace",
                "DEEPMONEY_LAUNCH__MLFLOW_SECRET": "mlflow-credentials", "DEEPMONEY_LAUNCH__S3_SECRET": "s3-credentials",
                "KUBECONFIG": str(tmp_path / "no-such-kubeconfig")}  # fmt: skip
