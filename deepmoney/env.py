@@ -77,6 +77,7 @@ TOKENIZERS_PARALLELISM = "TOKENIZERS_PARALLELISM"
 HF_HUB_DISABLE_PROGRESS_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"  # also turns off transformers' bars
 PYTHONUNBUFFERED = "PYTHONUNBUFFERED"
 XDG_CACHE_HOME = "XDG_CACHE_HOME"  # the embedded market-data database is built under it (~/.cache)
+TORCH_EXTENSIONS_DIR = "TORCH_EXTENSIONS_DIR"  # where torch builds C++ ops (DeepSpeed's CPU shm op), else ~/.cache
 
 
 def nested_names(*path: str, environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -29,6 +29,9 @@ os.environ.setdefault(env.TOKENIZERS_PARALLELISM, "false")
 # cores, and torch's default (a thread per core in each process) oversubscribes them. Two 40-step trainings side by
 # side took 190 s each with the local launcher's default (cores // nproc threads), 32 s each with one thread.
 os.environ.setdefault(env.OMP_NUM_THREADS, "1")
+# DeepSpeed's CPU backend compiles its shared-memory op (about 55 s) on first use, under XDG_CACHE_HOME unless this is
+# set: one build directory for the session, so a test that gives a process its own cache does not compile it again.
+os.environ.setdefault(env.TORCH_EXTENSIONS_DIR, str(Path.home() / ".cache" / "torch_extensions" / "deepmoney-tests"))
 
 # The longest files first (figures from CI's --durations), the rest in collection order. xdist's loadfile deals
 # files out by their number of tests unless --no-loadscope-reorder (pyproject's addopts), which put the two-test
