@@ -140,17 +140,17 @@ def launch_local(config: DeepmoneyConfig, quiet: bool = False, overwrite: bool =
 
     `echo`: pass the ranks' output through to stderr (a detached run has it in launcher.log only).
     """
-    import torch
-
     from deepmoney.train.plan import finished_run, preflight
 
     train = config.train
-    cuda = torch.cuda.is_available()
-    if cuda and train.nproc > torch.cuda.device_count():
-        raise UserError(f"--nproc {train.nproc} but this machine has {torch.cuda.device_count()} GPUs")
     plan = preflight(config, train.nproc, overwrite)
     if plan.finished is not None:
         return finished_run(plan, config)
+    import torch  # after the output's checks: a reused or refused output answers without torch's 3 s import
+
+    cuda = torch.cuda.is_available()
+    if cuda and train.nproc > torch.cuda.device_count():
+        raise UserError(f"--nproc {train.nproc} but this machine has {torch.cuda.device_count()} GPUs")
     with run_lock(plan.output):
         if not plan.replacing and (plan.output / MANIFEST).is_file():  # finished by another process meanwhile
             return json.loads((plan.output / MANIFEST).read_text(encoding="utf-8"))

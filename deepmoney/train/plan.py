@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deepmoney.config import DeepmoneyConfig, TrainConfig, result_settings
 from deepmoney.errors import UserError
@@ -24,10 +24,14 @@ from deepmoney.models.resolve import check_model, local_model
 from deepmoney.models.shape import model_shape
 from deepmoney.stage import RUN_MARKER, claim_output, fingerprint, utc_now
 from deepmoney.storage import Storage, atomic_write_bytes, is_s3, join
-from deepmoney.train.datasets import SFT_FILES, StepBatches, TrainData, load_pt, load_sft, steps_for
 from deepmoney.train.distributed import DistEnv
 from deepmoney.train.ds_config import batching, deepspeed_config, resolve_precision
-from deepmoney.train.model import check_memory
+
+if TYPE_CHECKING:
+    from deepmoney.train.datasets import TrainData
+
+# deepmoney.train.datasets and .model import torch (3 s): imported where used, so that a reused or refused
+# output is answered before any of it is loaded.
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,9 @@ def check_run(config: DeepmoneyConfig, data: TrainData, model_dir: Path, world_s
     """The checks that need the loaded data: steps, global batch against the dataset, memory."""
     import torch
 
+    from deepmoney.train.datasets import StepBatches, steps_for
+    from deepmoney.train.model import check_memory
+
     train = config.train
     cuda = torch.cuda.is_available()
     precision = resolve_precision(train, cuda, cuda and torch.cuda.is_bf16_supported())
@@ -102,6 +109,8 @@ def check_run(config: DeepmoneyConfig, data: TrainData, model_dir: Path, world_s
 
 def load_data(config: DeepmoneyConfig, data_dir: Path, model_dir: Path, scratch: Path) -> TrainData:
     """The run's training data, checked against the model (tokenizer, vocabulary, positions)."""
+    from deepmoney.train.datasets import load_pt, load_sft
+
     train = config.train
     if not data_dir.exists():
         raise UserError(f"training data not found: {data_dir}")
@@ -112,11 +121,11 @@ def load_data(config: DeepmoneyConfig, data_dir: Path, model_dir: Path, scratch:
 
 def preflight(config: DeepmoneyConfig, world_size: int, overwrite: bool = False) -> RunPlan:
     """Every check that does not need the ranks; raises a UserError (and writes nothing) on the first problem."""
-    import torch
-
     plan = plan_run(config, overwrite)
     if plan.finished is not None:
         return plan
+    import torch  # after the output's checks, which answer a reused or refused output without it
+
     train = config.train
     batch = batching(train, world_size)
     cuda = torch.cuda.is_available()
@@ -138,6 +147,8 @@ def preflight(config: DeepmoneyConfig, world_size: int, overwrite: bool = False)
 
 
 def _check_data_exists(config: DeepmoneyConfig, uri: str) -> None:
+    from deepmoney.train.datasets import SFT_FILES
+
     storage = Storage(config.storage)
     if is_s3(uri):
         names = ["manifest.json"] if config.train.stage == "pt" else list(SFT_FILES)
