@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not SAMPLE_CORPUS.is_dir(), r
 
 SMALLER = {
     "data": {"block_size": 128},
+    "synth": {"max_chapters": 24},  # the tiny role models' generation was the longest stage
     "evaluate": {"max_qa": 4, "max_new_tokens": 8},
 }
 STEPS = ["-p", "pt_max_steps=40", "-p", "sft_max_steps=2"]

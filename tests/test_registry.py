@@ -79,7 +79,7 @@ def _promote(tracking: dict[str, str], version: int, *flags: str) -> tuple[int, 
 @pytest.fixture(scope="module")
 def champion_run(tiny_model: Path, evalset: Path, tracking: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("runs")
-    manifest = _train(tiny_model, evalset, out / "good", tracking, "--max-steps", "40", "--learning-rate", "3e-3")
+    manifest = _train(tiny_model, evalset, out / "good", tracking, "--max-steps", "20", "--learning-rate", "3e-3")
     # The path `train` prints (OUT/final) is linked to the training run through OUT's manifest.
     evaluation = _evaluate(manifest["final"], evalset, out / "eval-good", tracking)
     return manifest, evaluation, out
@@ -222,7 +222,7 @@ def test_register_promote_and_a_worse_candidate(
 
     # A better candidate, promoted twice at once (say, a retried pipeline step): both see version 1 as
     # champion and decide the same; one makes the change, the other finds the champion changed under it.
-    better = _train(tiny_model, evalset, out / "better", tracking, "--max-steps", "120", "--learning-rate", "3e-3")
+    better = _train(tiny_model, evalset, out / "better", tracking, "--max-steps", "40", "--learning-rate", "3e-3")
     assert run_cli("register", "--run-id", better["mlflow_run_id"], "--name", NAME, env=tracking).stdout.strip() == "3"
     better_eval = _evaluate(f"models:/{NAME}/3", evalset, out / "eval-better", tracking)
     assert better_eval["metrics"]["perplexity"] < 0.99 * good_eval["metrics"]["perplexity"]
@@ -421,7 +421,7 @@ def test_offline_training_and_evaluation_sync_then_register_and_promote(
     import mlflow
 
     dead = {**tracking, "MLFLOW_TRACKING_URI": refused_url()}
-    manifest = _train(tiny_model, evalset, tmp_path / "run", dead, "--max-steps", "40", "--learning-rate", "3e-3")
+    manifest = _train(tiny_model, evalset, tmp_path / "run", dead, "--max-steps", "20", "--learning-rate", "3e-3")
     assert manifest["mlflow_run_id"] is None and manifest["mlflow_pending"] is True
     evaluation = _evaluate(manifest["final"], evalset, tmp_path / "eval", dead)
     assert evaluation["mlflow_run_id"] is None and evaluation["mlflow_pending"] is True
@@ -447,7 +447,7 @@ def test_offline_training_and_evaluation_sync_then_register_and_promote(
     local = [(line["step"], line["loss"]) for line in map(json.loads, (tmp_path / "run" / "metrics.jsonl").open())]
     assert [step for step, _ in sorted(losses)] == [step for step, _ in local]  # every step, once
     assert [value for _, value in sorted(losses)] == pytest.approx([value for _, value in local])
-    assert run.data.tags["deepmoney.stage"] == "pt" and run.data.params["train.max_steps"] == "40"
+    assert run.data.tags["deepmoney.stage"] == "pt" and run.data.params["train.max_steps"] == "20"
     assert run.inputs.dataset_inputs and run.info.status == "FINISHED"
 
     again = run_cli("track", "sync", str(tmp_path / "run"), env=tracking)
